@@ -1,0 +1,2 @@
+//! The box's front door on TCP :443.
+pub mod peek;
