@@ -1,0 +1,517 @@
+//! The tokio shell of the mux: listeners, limits, the peek, and the two actions.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::timeout;
+use tokio_rustls::TlsAcceptor;
+use tracing::{debug, info_span, warn, Instrument};
+
+use crate::certs::ACME_TLS_ALPN;
+use crate::config::{MuxConfig, ServiceName};
+use crate::metrics::{Metrics, Reason, RouteLabel, ServiceLabel};
+use crate::peek::{ClientHello, HelloPeek, PeekError};
+use crate::proxy;
+use crate::route::{Action, Route, RouteTable};
+use crate::service::{sniff, ConnInfo, Services, Sniffed, SNIFF_LEN};
+use crate::stream::{Activity, Prefixed, Tracked};
+
+/// Shortest and longest pause after an accept error from resource exhaustion.
+const ACCEPT_BACKOFF: (Duration, Duration) = (Duration::from_millis(5), Duration::from_secs(1));
+
+/// Listen backlog of each listener.
+const BACKLOG: i32 = 1024;
+
+/// The mux: one per box, shared by its listeners.
+pub struct Mux {
+    config: MuxConfig,
+    table: RouteTable,
+    acceptor: TlsAcceptor,
+    services: Services,
+    metrics: Arc<Metrics>,
+    limits: Limits,
+}
+
+impl std::fmt::Debug for Mux {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mux")
+            .field("listen", &self.config.listen)
+            .field("routes", &self.table)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Mux {
+    /// A mux with a validated configuration, the TLS configuration every
+    /// terminated route shares, and the services behind it.
+    pub fn new(
+        config: MuxConfig,
+        tls: Arc<rustls::ServerConfig>,
+        services: Services,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Self> {
+        let limits = Limits::new(config.max_pending, config.max_pending_per_source);
+        Arc::new(Self {
+            table: RouteTable::new(&config),
+            acceptor: TlsAcceptor::from(tls),
+            services,
+            metrics,
+            limits,
+            config,
+        })
+    }
+
+    /// Binds every configured address.
+    pub fn bind(&self) -> io::Result<Vec<TcpListener>> {
+        self.config.listen.iter().map(|addr| bind(*addr)).collect()
+    }
+
+    /// Accepts connections on `listener` forever.
+    ///
+    /// Running out of file descriptors or memory pauses accepting, doubling
+    /// the pause up to a second, instead of ending the loop.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener) {
+        let mut backoff = ACCEPT_BACKOFF.0;
+        loop {
+            match listener.accept().await {
+                Ok((tcp, peer)) => {
+                    backoff = ACCEPT_BACKOFF.0;
+                    self.metrics.accepted.inc();
+                    let mux = Arc::clone(&self);
+                    let span = info_span!("conn", %peer);
+                    tokio::spawn(mux.handle(tcp, peer).instrument(span));
+                }
+                Err(e) if is_exhaustion(&e) => {
+                    self.metrics.accept_errors.inc();
+                    warn!(error = %e, pause_ms = backoff.as_millis(), "accept failed, pausing");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(ACCEPT_BACKOFF.1);
+                }
+                Err(e) => debug!(error = %e, "accept failed"),
+            }
+        }
+    }
+
+    async fn handle(self: Arc<Self>, mut tcp: TcpStream, peer: SocketAddr) {
+        let Ok(local) = tcp.local_addr() else { return };
+        // Both legs carry interactive traffic (handshakes, STUN, media over
+        // TCP): Nagle's delay would add a round trip to each.
+        let _ = tcp.set_nodelay(true);
+
+        let Some(pending) = self.admit(peer) else { return };
+        let mut peek = Box::new(HelloPeek::new());
+        let hello = match timeout(self.config.peek_timeout, read_hello(&mut tcp, &mut peek)).await
+        {
+            Ok(Ok(hello)) => hello,
+            Ok(Err(reason)) => return self.peek_failed(reason),
+            Err(_) => return self.peek_failed("timeout"),
+        };
+        drop(pending);
+        self.metrics.hello_bytes.observe(hello.hello_len as f64);
+        self.metrics.hello_records.observe(hello.records as f64);
+
+        let route = self.table.lookup(&hello);
+        let label = RouteLabel {
+            route: route.name.to_string(),
+        };
+        self.metrics.route_hits.get_or_create(&label).inc();
+        let _active = GaugeGuard::new(&self.metrics, label);
+        let buffered = peek.buffered().to_vec();
+        drop(peek);
+        debug!(route = %route.name, sni = ?hello.server_name, "routed");
+
+        let activity = Activity::new();
+        let tcp = Tracked::new(tcp, Arc::clone(&activity));
+        let conn = Conn {
+            peer,
+            local,
+            buffered,
+            route,
+        };
+        let work = async {
+            match &route.action {
+                Action::Passthrough {
+                    upstream,
+                    proxy_protocol,
+                } => {
+                    self.passthrough(conn, tcp, upstream, *proxy_protocol, &activity)
+                        .await
+                }
+                Action::Terminate(service) => self.terminate(conn, tcp, *service).await,
+            }
+        };
+        if activity
+            .run_until_idle(self.config.idle_timeout, work)
+            .await
+            .is_none()
+        {
+            debug!("idle timeout");
+        }
+    }
+
+    fn admit(&self, peer: SocketAddr) -> Option<Pending> {
+        match self.limits.admit(peer.ip(), &self.metrics) {
+            Ok(pending) => Some(pending),
+            Err(reason) => {
+                self.peek_failed(reason);
+                None
+            }
+        }
+    }
+
+    fn peek_failed(&self, reason: &'static str) {
+        debug!(reason, "closed before routing");
+        self.metrics.peek_failures.get_or_create(&Reason { reason }).inc();
+    }
+
+    async fn passthrough(
+        &self,
+        conn: Conn<'_>,
+        mut client: Tracked<TcpStream>,
+        upstream: &str,
+        proxy_protocol: bool,
+        activity: &Arc<Activity>,
+    ) {
+        let connect = timeout(self.config.connect_timeout, TcpStream::connect(upstream)).await;
+        let upstream_tcp = match connect {
+            Ok(Ok(tcp)) => tcp,
+            Ok(Err(e)) => return self.upstream_failed(&conn, &e.to_string()),
+            Err(_) => return self.upstream_failed(&conn, "connect timeout"),
+        };
+        let _ = upstream_tcp.set_nodelay(true);
+        let mut upstream_tcp = Tracked::new(upstream_tcp, Arc::clone(activity));
+
+        let mut head = Vec::with_capacity(conn.buffered.len() + 64);
+        if proxy_protocol {
+            head.extend_from_slice(&proxy::v2_header(conn.peer, conn.local));
+        }
+        head.extend_from_slice(&conn.buffered);
+        if let Err(e) = upstream_tcp.write_all(&head).await {
+            return self.upstream_failed(&conn, &e.to_string());
+        }
+        // copy_bidirectional shuts down each side's write half when the other
+        // side's read half ends, so half-closes pass through in both directions.
+        match tokio::io::copy_bidirectional(&mut client, &mut upstream_tcp).await {
+            Ok((up, down)) => debug!(up, down, "passthrough closed"),
+            Err(e) => debug!(error = %e, "passthrough ended"),
+        }
+    }
+
+    fn upstream_failed(&self, conn: &Conn<'_>, why: &str) {
+        warn!(route = %conn.route.name, why, "upstream unreachable");
+        let label = RouteLabel {
+            route: conn.route.name.to_string(),
+        };
+        self.metrics.upstream_failures.get_or_create(&label).inc();
+    }
+
+    async fn terminate(
+        &self,
+        conn: Conn<'_>,
+        tcp: Tracked<TcpStream>,
+        service: Option<ServiceName>,
+    ) {
+        let stream = Prefixed::new(conn.buffered, tcp);
+        let handshake = timeout(self.config.handshake_timeout, self.acceptor.accept(stream)).await;
+        let mut tls = match handshake {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => return self.handshake_failed(tls_reason(&e), &e),
+            Err(_) => return self.handshake_failed("timeout", &"deadline passed"),
+        };
+        self.metrics.handshakes.inc();
+        let (_, session) = tls.get_ref();
+        let alpn = session.alpn_protocol().map(<[u8]>::to_vec);
+        let server_name = session.server_name().map(str::to_owned);
+
+        if alpn.as_deref() == Some(ACME_TLS_ALPN) {
+            // RFC 8737 §3: the validation handshake is the whole exchange.
+            self.dispatched("acme");
+            let _ = tls.shutdown().await;
+            return;
+        }
+
+        let mut prefix = Vec::new();
+        let service = match service.or_else(|| by_alpn(alpn.as_deref())) {
+            Some(service) => service,
+            None => {
+                let sniffed = timeout(
+                    self.config.handshake_timeout,
+                    read_prefix(&mut tls, &mut prefix),
+                )
+                .await;
+                match sniffed {
+                    Ok(Ok(Sniffed::Stun)) => ServiceName::Turn,
+                    Ok(Ok(_)) => ServiceName::Https,
+                    Ok(Err(_)) | Err(_) => return self.dispatched("none"),
+                }
+            }
+        };
+        let Some(handler) = self.services.get(service) else {
+            debug!(?service, "no service registered");
+            return self.dispatched("none");
+        };
+        self.dispatched(match service {
+            ServiceName::Https => "https",
+            ServiceName::Turn => "turn",
+        });
+        let info = ConnInfo {
+            peer: conn.peer,
+            local: conn.local,
+            server_name,
+            alpn,
+            route: Arc::clone(&conn.route.name),
+        };
+        handler
+            .serve(Box::new(Prefixed::new(prefix, tls)), info)
+            .await;
+    }
+
+    fn handshake_failed(&self, reason: &'static str, error: &dyn std::fmt::Display) {
+        debug!(reason, %error, "handshake failed");
+        self.metrics
+            .handshake_failures
+            .get_or_create(&Reason { reason })
+            .inc();
+    }
+
+    fn dispatched(&self, service: &'static str) {
+        self.metrics
+            .dispatched
+            .get_or_create(&ServiceLabel { service })
+            .inc();
+    }
+}
+
+/// A routed connection, before its action runs.
+struct Conn<'a> {
+    peer: SocketAddr,
+    local: SocketAddr,
+    buffered: Vec<u8>,
+    route: &'a Route,
+}
+
+/// Reads until the peek yields a hello; the error is a metric reason.
+async fn read_hello(tcp: &mut TcpStream, peek: &mut HelloPeek) -> Result<ClientHello, &'static str> {
+    let mut chunk = [0u8; 2048];
+    loop {
+        let n = tcp.read(&mut chunk).await.map_err(|_| "eof")?;
+        if n == 0 {
+            return Err("eof");
+        }
+        match peek.handle_bytes(&chunk[..n]) {
+            Ok(Some(hello)) => return Ok(hello.clone()),
+            Ok(None) => {}
+            Err(e) => return Err(peek_reason(&e)),
+        }
+    }
+}
+
+fn peek_reason(error: &PeekError) -> &'static str {
+    match error {
+        PeekError::NotTls => "not_tls",
+        PeekError::NotClientHello => "not_client_hello",
+        PeekError::TooLarge => "too_large",
+        PeekError::TooFragmented => "too_fragmented",
+        _ => "malformed",
+    }
+}
+
+/// Reads the first bytes of a terminated stream until [`sniff`] decides.
+async fn read_prefix<S>(stream: &mut S, prefix: &mut Vec<u8>) -> io::Result<Sniffed>
+where
+    S: tokio::io::AsyncRead + Unpin,
+{
+    let mut buf = [0u8; SNIFF_LEN];
+    loop {
+        let verdict = sniff(prefix);
+        if verdict != Sniffed::NeedMore {
+            return Ok(verdict);
+        }
+        let want = SNIFF_LEN - prefix.len();
+        let n = stream.read(&mut buf[..want]).await?;
+        if n == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        prefix.extend_from_slice(&buf[..n]);
+    }
+}
+
+fn by_alpn(alpn: Option<&[u8]>) -> Option<ServiceName> {
+    match alpn {
+        Some(b"h2") | Some(b"http/1.1") => Some(ServiceName::Https),
+        _ => None,
+    }
+}
+
+fn tls_reason(error: &io::Error) -> &'static str {
+    let is_tls = error
+        .get_ref()
+        .is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some());
+    if is_tls {
+        "tls"
+    } else {
+        "io"
+    }
+}
+
+fn is_exhaustion(error: &io::Error) -> bool {
+    use nix::errno::Errno;
+    let exhausted = [Errno::EMFILE, Errno::ENFILE, Errno::ENOBUFS, Errno::ENOMEM];
+    error
+        .raw_os_error()
+        .is_some_and(|code| exhausted.iter().any(|e| *e as i32 == code))
+}
+
+fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        // `[::]` and `0.0.0.0` are configured as separate listeners.
+        socket.set_only_v6(true)?;
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(BACKLOG)?;
+    TcpListener::from_std(socket.into())
+}
+
+/// Caps on connections in the peek phase, in total and per source.
+#[derive(Debug)]
+struct Limits {
+    total: Arc<Semaphore>,
+    per_source: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    max_per_source: usize,
+}
+
+/// A connection's place in the peek phase; released on drop.
+struct Pending {
+    _permit: OwnedSemaphorePermit,
+    source: IpAddr,
+    per_source: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    gauge: prometheus_client::metrics::gauge::Gauge,
+}
+
+impl Limits {
+    fn new(total: usize, per_source: usize) -> Self {
+        Self {
+            total: Arc::new(Semaphore::new(total)),
+            per_source: Arc::new(Mutex::new(HashMap::new())),
+            max_per_source: per_source,
+        }
+    }
+
+    fn admit(&self, ip: IpAddr, metrics: &Metrics) -> Result<Pending, &'static str> {
+        let permit = Arc::clone(&self.total)
+            .try_acquire_owned()
+            .map_err(|_| "limit_total")?;
+        let source = source_key(ip);
+        let mut counts = self.per_source.lock().unwrap_or_else(|e| e.into_inner());
+        let count = counts.entry(source).or_insert(0);
+        if *count >= self.max_per_source {
+            return Err("limit_source");
+        }
+        *count += 1;
+        metrics.pending.inc();
+        Ok(Pending {
+            _permit: permit,
+            source,
+            per_source: Arc::clone(&self.per_source),
+            gauge: metrics.pending.clone(),
+        })
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        self.gauge.dec();
+        let mut counts = self.per_source.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(count) = counts.get_mut(&self.source) {
+            *count -= 1;
+            if *count == 0 {
+                counts.remove(&self.source);
+            }
+        }
+    }
+}
+
+/// One source for the per-source limit: an IPv4 address, or an IPv6 /64
+/// (a single host usually has a whole /64 to pick addresses from).
+fn source_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let bits = u128::from(v6) & !((1u128 << 64) - 1);
+                IpAddr::V6(bits.into())
+            }
+        },
+        v4 => v4,
+    }
+}
+
+/// Keeps a route's active-connection gauge up while the connection lives.
+struct GaugeGuard {
+    gauge: prometheus_client::metrics::gauge::Gauge,
+}
+
+impl GaugeGuard {
+    fn new(metrics: &Metrics, label: RouteLabel) -> Self {
+        let gauge = metrics.active.get_or_create(&label).clone();
+        gauge.inc();
+        Self { gauge }
+    }
+}
+
+impl Drop for GaugeGuard {
+    fn drop(&mut self) {
+        self.gauge.dec();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn per_source_limit_and_release() {
+        let metrics = Metrics::new();
+        let limits = Limits::new(10, 2);
+        let a: IpAddr = "127.0.0.2".parse().expect("ip");
+        let b: IpAddr = "127.0.0.3".parse().expect("ip");
+        let first = limits.admit(a, &metrics).expect("first");
+        let _second = limits.admit(a, &metrics).expect("second");
+        assert_eq!(limits.admit(a, &metrics).err(), Some("limit_source"));
+        assert!(limits.admit(b, &metrics).is_ok());
+        drop(first);
+        assert!(limits.admit(a, &metrics).is_ok());
+    }
+
+    #[test]
+    fn total_limit() {
+        let metrics = Metrics::new();
+        let limits = Limits::new(1, 5);
+        let _held = limits.admit("127.0.0.2".parse().expect("ip"), &metrics).expect("first");
+        let other = limits.admit("127.0.0.3".parse().expect("ip"), &metrics);
+        assert_eq!(other.err(), Some("limit_total"));
+    }
+
+    #[test]
+    fn ipv6_sources_group_by_64() {
+        let a = source_key("2001:db8:1:2:aaaa::1".parse().expect("ip"));
+        let b = source_key("2001:db8:1:2:bbbb::2".parse().expect("ip"));
+        let c = source_key("2001:db8:1:3::1".parse().expect("ip"));
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+        assert_eq!(
+            source_key("::ffff:127.0.0.2".parse().expect("ip")),
+            "127.0.0.2".parse::<IpAddr>().expect("ip")
+        );
+    }
+}
