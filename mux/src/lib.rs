@@ -24,6 +24,7 @@ mod error;
 pub mod metrics;
 pub mod peek;
 pub mod proxy;
+pub mod reload;
 pub mod route;
 pub mod server;
 pub mod service;

@@ -1,0 +1,166 @@
+//! The box configuration: one TOML file, every key documented in
+//! `docs/configuration.md` and exercised by `examples/edge.toml`.
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use mux::config::{MuxConfig, TlsConfig};
+use serde::Deserialize;
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// `[log]`: what is logged.
+    #[serde(default)]
+    pub log: LogConfig,
+    /// `[mux]`: the :443 listener and its routes.
+    #[serde(default)]
+    pub mux: MuxConfig,
+    /// `[tls]`: certificates of terminated connections.
+    #[serde(default)]
+    pub tls: TlsConfig,
+    /// `[metrics]`: the Prometheus endpoint.
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+}
+
+/// `[log]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// A `tracing` filter, e.g. `info` or `info,mux=debug`. Default: `info`.
+    #[serde(default = "default_log_filter")]
+    pub filter: String,
+}
+
+/// `[metrics]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Plain-HTTP address serving `GET /metrics`. Default: none (off). Metrics
+    /// are never served on :443, where a prober could read them.
+    pub listen: Option<SocketAddr>,
+    /// Value of the constant `edge_id` label on every metric. Default: none.
+    pub edge_id: Option<String>,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            filter: default_log_filter(),
+        }
+    }
+}
+
+fn default_log_filter() -> String {
+    "info".to_owned()
+}
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML, or has unknown keys or wrong types.
+    #[error("{path}: {message}")]
+    Parse {
+        /// The file.
+        path: String,
+        /// The parser's explanation, with the line and key.
+        message: String,
+    },
+    /// The keys parse but do not fit together.
+    #[error("{path}: {source}")]
+    Invalid {
+        /// The file.
+        path: String,
+        /// Which key, and why.
+        source: mux::Error,
+    },
+}
+
+impl Config {
+    /// Reads, parses and validates a configuration file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: shown.clone(),
+            source,
+        })?;
+        Self::parse(&text).map_err(|e| match e {
+            ParseOrInvalid::Parse(message) => ConfigError::Parse {
+                path: shown,
+                message,
+            },
+            ParseOrInvalid::Invalid(source) => ConfigError::Invalid {
+                path: shown,
+                source,
+            },
+        })
+    }
+
+    /// Parses and validates configuration text.
+    pub fn parse(text: &str) -> Result<Self, ParseOrInvalid> {
+        let config: Config =
+            toml::from_str(text).map_err(|e| ParseOrInvalid::Parse(e.to_string()))?;
+        config.mux.validate().map_err(ParseOrInvalid::Invalid)?;
+        config.tls.validate().map_err(ParseOrInvalid::Invalid)?;
+        Ok(config)
+    }
+}
+
+/// A parse error (with its own location) or a validation error (naming its key).
+#[derive(Debug)]
+pub enum ParseOrInvalid {
+    /// From the TOML parser.
+    Parse(String),
+    /// From validation.
+    Invalid(mux::Error),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn error_of(text: &str) -> String {
+        match Config::parse(text) {
+            Ok(_) => panic!("accepted: {text}"),
+            Err(ParseOrInvalid::Parse(m)) => m,
+            Err(ParseOrInvalid::Invalid(e)) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn empty_file_is_all_defaults() {
+        let config = Config::parse("").expect("defaults");
+        assert_eq!(config.mux.listen, vec!["0.0.0.0:443".parse().expect("addr")]);
+        assert_eq!(config.mux.peek_timeout.as_secs(), 10);
+        assert!(config.metrics.listen.is_none());
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        assert!(error_of("[mux]\nlisten = \"0.0.0.0:443\"\npeek_timout = \"5s\"\n")
+            .contains("peek_timout"));
+        assert!(error_of("[muxx]\n").contains("muxx"));
+        assert!(error_of("[[mux.route]]\naction = \"terminate\"\nupstreem = \"x:1\"\n")
+            .contains("upstreem"));
+    }
+
+    #[test]
+    fn inconsistent_keys_are_named() {
+        let e = error_of("[[mux.route]]\naction = \"passthrough\"\n");
+        assert!(e.contains("mux.route[0].upstream"), "{e}");
+        let e = error_of("[[mux.route]]\nsni = [\"a..b\"]\naction = \"terminate\"\n");
+        assert!(e.contains("mux.route[0].sni"), "{e}");
+        let e = error_of("[mux]\npeek_timeout = \"soon\"\n");
+        assert!(e.contains("peek_timeout"), "{e}");
+    }
+}

@@ -1,0 +1,6 @@
+//! The `edge` binary's library: configuration, wiring of the parts, and the
+//! box's own services. `main.rs` is only the command line.
+
+pub mod config;
+pub mod https;
+pub mod run;

@@ -1,0 +1,156 @@
+//! `edge run`: builds every part from the configuration, wires them, and
+//! waits for a signal.
+
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use axum::http::header::CONTENT_TYPE;
+use axum::routing::get;
+use axum::Router;
+use mux::certs::{self, CertStore, Source};
+use mux::metrics::Metrics;
+use mux::server::Mux;
+use mux::service::{ServiceName, Services};
+use prometheus_client::registry::Registry;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::Notify;
+use tracing::{info, warn};
+use tracing_subscriber::EnvFilter;
+
+use crate::config::{Config, MetricsConfig};
+use crate::https::Https;
+
+/// Runs the box until SIGTERM or SIGINT.
+pub fn main(config: Config) -> anyhow::Result<()> {
+    init_logging(&config.log.filter);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the runtime")?;
+    runtime.block_on(serve(config))
+}
+
+fn init_logging(filter: &str) {
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(filter))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let metrics = Arc::new(Metrics::new());
+    let registry = Arc::new(registry(&config.metrics, &metrics));
+
+    let store = cert_store(&config)?;
+    let tls = mux::tls::server_config(Arc::clone(&store))?;
+    let mut services = Services::new();
+    services.register(ServiceName::Https, Https::new());
+
+    let mux = Mux::new(config.mux.clone(), tls, services, Arc::clone(&metrics));
+    let listeners = mux.bind().context("cannot listen")?;
+    for listener in listeners {
+        info!(addr = %listener.local_addr()?, "mux listening");
+        tokio::spawn(Arc::clone(&mux).serve(listener));
+    }
+
+    let hup = Arc::new(Notify::new());
+    if !config.tls.certificates.is_empty() {
+        let reloader = mux::reload::run(
+            config.tls.certificates.clone(),
+            Arc::clone(&store),
+            Arc::clone(&metrics),
+            Arc::clone(&hup),
+        );
+        tokio::spawn(async move {
+            if let Err(e) = reloader.await {
+                warn!(error = %e, "certificate files are not watched; SIGHUP still reloads");
+            }
+        });
+    }
+    if let Some(addr) = config.metrics.listen {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen for metrics on {addr}"))?;
+        info!(%addr, "metrics listening");
+        tokio::spawn(serve_metrics(listener, registry));
+    }
+    info!(version = env!("CARGO_PKG_VERSION"), "edge ready");
+    wait_for_signals(&hup).await
+}
+
+/// The fallback self-signed certificate, then the configured files on top.
+/// A file that fails to load at start-up is an error: the box would
+/// otherwise serve the fallback for a name the operator configured.
+fn cert_store(config: &Config) -> anyhow::Result<Arc<CertStore>> {
+    let names = match (&config.tls.acme, config.tls.self_signed_names.is_empty()) {
+        (_, false) => config.tls.self_signed_names.clone(),
+        (Some(acme), true) => acme.domains.clone(),
+        (None, true) => Vec::new(),
+    };
+    let store = CertStore::new(certs::self_signed(&names)?);
+    let files = mux::reload::load_files(&config.tls.certificates)?;
+    store.replace(Source::Files, files);
+    Ok(store)
+}
+
+fn registry(config: &MetricsConfig, metrics: &Metrics) -> Registry {
+    let mut registry = match &config.edge_id {
+        Some(id) => Registry::with_labels(
+            [(
+                std::borrow::Cow::Borrowed("edge_id"),
+                std::borrow::Cow::Owned(id.clone()),
+            )]
+            .into_iter(),
+        ),
+        None => Registry::default(),
+    };
+    metrics.register(&mut registry);
+    registry
+}
+
+async fn serve_metrics(listener: tokio::net::TcpListener, registry: Arc<Registry>) {
+    let app = Router::new().route(
+        "/metrics",
+        get(move || {
+            let registry = Arc::clone(&registry);
+            async move {
+                let mut text = String::new();
+                if let Err(e) = prometheus_client::encoding::text::encode(&mut text, &registry) {
+                    warn!(error = %e, "cannot encode metrics");
+                }
+                (
+                    [(
+                        CONTENT_TYPE,
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    )],
+                    text,
+                )
+            }
+        }),
+    );
+    if let Err(e) = axum::serve(listener, app).await {
+        warn!(error = %e, "metrics endpoint stopped");
+    }
+}
+
+async fn wait_for_signals(hup: &Notify) -> anyhow::Result<()> {
+    let mut sighup = signal(SignalKind::hangup())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sigint = signal(SignalKind::interrupt())?;
+    loop {
+        tokio::select! {
+            _ = sighup.recv() => {
+                info!("SIGHUP: reloading certificates");
+                hup.notify_one();
+            }
+            _ = sigterm.recv() => break,
+            _ = sigint.recv() => break,
+        }
+    }
+    info!("shutting down");
+    Ok(())
+}
