@@ -1,0 +1,241 @@
+//! The `edge` command line: version, configuration checking, and a real run
+//! answering HTTPS health and metrics on loopback.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use appliance::config::Config;
+
+fn edge() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_edge"))
+}
+
+fn example() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/edge.toml")
+}
+
+fn temp_file(name: &str, text: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("edge-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let path = dir.join(name);
+    std::fs::write(&path, text).expect("write");
+    path
+}
+
+#[test]
+fn version_names_the_revision() {
+    let out = edge().arg("--version").output().expect("run edge");
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).expect("utf-8");
+    assert!(
+        text.starts_with(&format!("edge {} (", env!("CARGO_PKG_VERSION"))),
+        "{text}"
+    );
+}
+
+#[test]
+fn the_example_configuration_is_valid_and_means_what_it_says() {
+    let config = Config::load(&example()).expect("example parses");
+    assert_eq!(config.mux.routes.len(), 2);
+    assert_eq!(
+        config.mux.routes[1].upstream.as_deref(),
+        Some("127.0.0.1:8443")
+    );
+    assert!(config.mux.routes[1].proxy_protocol);
+    let acme = config.tls.acme.expect("acme section");
+    assert_eq!(acme.renew_before, Duration::from_secs(30 * 24 * 3600));
+    assert_eq!(config.metrics.edge_id.as_deref(), Some("edge-example-1"));
+
+    let out = edge()
+        .arg("check-config")
+        .arg(example())
+        .output()
+        .expect("run edge");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn check_config_names_the_offending_key() {
+    let cases = [
+        (
+            "[mux]\nlisten = \"0.0.0.0:443\"\nlisten_backlog = 5\n",
+            "listen_backlog",
+        ),
+        (
+            "[[mux.route]]\naction = \"passthrough\"\n",
+            "mux.route[0].upstream",
+        ),
+        ("[mux]\nidle_timeout = \"forever\"\n", "idle_timeout"),
+        (
+            "[tls.acme]\ndirectory = \"http://x\"\ndomains = [\"a.example\"]\nstate_dir = \"/d\"\n",
+            "tls.acme.directory",
+        ),
+    ];
+    for (i, (text, key)) in cases.iter().enumerate() {
+        let path = temp_file(&format!("bad{i}.toml"), text);
+        let out = edge()
+            .arg("check-config")
+            .arg(&path)
+            .output()
+            .expect("run edge");
+        assert!(!out.status.success(), "accepted: {text}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(key),
+            "error for {text:?} does not name {key}: {err}"
+        );
+    }
+}
+
+/// The running box, killed on drop.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
+fn wait_for_port(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "port {port} never opened");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// One HTTPS/1.1 request with a client that accepts the self-signed certificate.
+fn https_get(port: u16, path: &str) -> String {
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .dangerous()
+    .with_custom_certificate_verifier(Arc::new(AnyCert))
+    .with_no_client_auth();
+    let name = rustls::pki_types::ServerName::try_from("edge.test").expect("name");
+    let mut conn = rustls::ClientConnection::new(Arc::new(config), name).expect("client");
+    let mut tcp = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    let mut tls = rustls::Stream::new(&mut conn, &mut tcp);
+    write!(
+        tls,
+        "GET {path} HTTP/1.1\r\nHost: edge.test\r\nConnection: close\r\n\r\n"
+    )
+    .expect("request");
+    let mut response = String::new();
+    let _ = tls.read_to_string(&mut response);
+    response
+}
+
+fn http_get(port: u16, path: &str) -> String {
+    let mut tcp = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    write!(
+        tcp,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .expect("request");
+    let mut response = String::new();
+    tcp.read_to_string(&mut response).expect("response");
+    response
+}
+
+#[test]
+fn run_serves_health_over_tls_and_metrics_in_plain_http() {
+    let (port, metrics_port) = (free_port(), free_port());
+    let path = temp_file(
+        "run.toml",
+        &format!(
+            "[mux]\nlisten = \"127.0.0.1:{port}\"\n\
+             [metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\nedge_id = \"test-edge\"\n"
+        ),
+    );
+    let child = edge()
+        .arg("run")
+        .arg("--config")
+        .arg(&path)
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start edge");
+    let mut running = Running(child);
+    wait_for_port(port);
+
+    let health = https_get(port, "/healthz");
+    assert!(health.starts_with("HTTP/1.1 200"), "{health}");
+    assert!(health.ends_with("ok"), "{health}");
+
+    wait_for_port(metrics_port);
+    let metrics = http_get(metrics_port, "/metrics");
+    assert!(
+        metrics.contains("mux_handshakes_total{edge_id=\"test-edge\"} 1"),
+        "{metrics}"
+    );
+
+    // SIGTERM ends the box cleanly.
+    let pid = running.0.id().to_string();
+    let killed = Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    let status = running.0.wait().expect("wait");
+    assert!(status.success(), "{status:?}");
+}
+
+/// Accepts any certificate: this test is about the box answering, the mux
+/// tests cover which certificate it serves.
+#[derive(Debug)]
+struct AnyCert;
+
+impl rustls::client::danger::ServerCertVerifier for AnyCert {
+    fn verify_server_cert(
+        &self,
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &[rustls::pki_types::CertificateDer<'_>],
+        _: &rustls::pki_types::ServerName<'_>,
+        _: &[u8],
+        _: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _: &[u8],
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        _: &[u8],
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        rustls::crypto::aws_lc_rs::default_provider()
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
