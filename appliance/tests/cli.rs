@@ -159,21 +159,11 @@ fn http_get(port: u16, path: &str) -> String {
 #[test]
 fn run_serves_health_over_tls_and_metrics_in_plain_http() {
     let (port, metrics_port) = (free_port(), free_port());
-    let path = temp_file(
-        "run.toml",
-        &format!(
-            "[mux]\nlisten = \"127.0.0.1:{port}\"\n\
-             [metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\nedge_id = \"test-edge\"\n"
-        ),
+    let config = format!(
+        "[mux]\nlisten = \"127.0.0.1:{port}\"\n\
+         [metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\nedge_id = \"test-edge\"\n"
     );
-    let child = edge()
-        .arg("run")
-        .arg("--config")
-        .arg(&path)
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start edge");
-    let mut running = Running(child);
+    let mut running = start_edge(&config, "run.toml", None);
     wait_for_port(port);
 
     let health = https_get(port, "/healthz");
@@ -238,4 +228,95 @@ impl rustls::client::danger::ServerCertVerifier for AnyCert {
             .signature_verification_algorithms
             .supported_schemes()
     }
+}
+
+fn start_edge(config: &str, name: &str, nofile: Option<u32>) -> Running {
+    let path = temp_file(name, config);
+    let mut command = match nofile {
+        // `prlimit` (util-linux) caps the descriptors of the box alone.
+        Some(limit) => {
+            let mut c = Command::new("prlimit");
+            c.arg(format!("--nofile={limit}:{limit}"))
+                .arg(env!("CARGO_BIN_EXE_edge"));
+            c
+        }
+        None => edge(),
+    };
+    let child = command
+        .arg("run")
+        .arg("--config")
+        .arg(&path)
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start edge");
+    Running(child)
+}
+
+#[test]
+fn descriptor_exhaustion_pauses_accepting_instead_of_crashing() {
+    let (port, metrics_port) = (free_port(), free_port());
+    let config = format!(
+        "[mux]\nlisten = \"127.0.0.1:{port}\"\npeek_timeout = \"3s\"\n\
+         [metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n"
+    );
+    let mut running = start_edge(&config, "nofile.toml", Some(48));
+    wait_for_port(port);
+    wait_for_port(metrics_port);
+
+    // More idle connections than the box has descriptors: the kernel
+    // completes them from the backlog, accept() runs out of descriptors.
+    let idle: Vec<TcpStream> = (0..80)
+        .map(|_| TcpStream::connect(("127.0.0.1", port)).expect("connect"))
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let metrics = http_get(metrics_port, "/metrics");
+        let errors = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("mux_accept_errors_total "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0);
+        if errors > 0.0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no accept error counted:\n{metrics}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    drop(idle);
+
+    // The peek deadline frees the descriptors; the box serves again.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        assert!(
+            running.0.try_wait().expect("wait").is_none(),
+            "the box exited"
+        );
+        let health = https_get(port, "/healthz");
+        if health.starts_with("HTTP/1.1 200") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never served again: {health}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn no_udp_is_served_on_the_mux_port() {
+    let port = free_port();
+    let config = format!("[mux]\nlisten = \"127.0.0.1:{port}\"\n");
+    let _running = start_edge(&config, "udp.toml", None);
+    wait_for_port(port);
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    udp.connect(("127.0.0.1", port)).expect("connect");
+    udp.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    udp.send(b"\x00\x01\x00\x00\x21\x12\xa4\x42probe-probe!")
+        .expect("send");
+    let mut buf = [0u8; 64];
+    let err = udp.recv(&mut buf).expect_err("no answer over UDP");
+    assert_eq!(
+        err.kind(),
+        std::io::ErrorKind::ConnectionRefused,
+        "port unreachable"
+    );
 }
