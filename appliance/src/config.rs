@@ -140,18 +140,25 @@ mod tests {
     #[test]
     fn empty_file_is_all_defaults() {
         let config = Config::parse("").expect("defaults");
-        assert_eq!(config.mux.listen, vec!["0.0.0.0:443".parse().expect("addr")]);
+        assert_eq!(
+            config.mux.listen,
+            vec!["0.0.0.0:443".parse().expect("addr")]
+        );
         assert_eq!(config.mux.peek_timeout.as_secs(), 10);
         assert!(config.metrics.listen.is_none());
     }
 
     #[test]
     fn unknown_keys_are_named() {
-        assert!(error_of("[mux]\nlisten = \"0.0.0.0:443\"\npeek_timout = \"5s\"\n")
-            .contains("peek_timout"));
+        assert!(
+            error_of("[mux]\nlisten = \"0.0.0.0:443\"\npeek_timout = \"5s\"\n")
+                .contains("peek_timout")
+        );
         assert!(error_of("[muxx]\n").contains("muxx"));
-        assert!(error_of("[[mux.route]]\naction = \"terminate\"\nupstreem = \"x:1\"\n")
-            .contains("upstreem"));
+        assert!(
+            error_of("[[mux.route]]\naction = \"terminate\"\nupstreem = \"x:1\"\n")
+                .contains("upstreem")
+        );
     }
 
     #[test]

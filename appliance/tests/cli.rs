@@ -279,7 +279,10 @@ fn descriptor_exhaustion_pauses_accepting_instead_of_crashing() {
         if errors > 0.0 {
             break;
         }
-        assert!(Instant::now() < deadline, "no accept error counted:\n{metrics}");
+        assert!(
+            Instant::now() < deadline,
+            "no accept error counted:\n{metrics}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     drop(idle);

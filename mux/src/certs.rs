@@ -232,9 +232,7 @@ pub fn leaf_names(key: &CertifiedKey) -> Result<Vec<String>, Error> {
                 .general_names
                 .iter()
                 .filter_map(|name| match name {
-                    x509_parser::extensions::GeneralName::DNSName(dns) => {
-                        Some(normalize_name(dns))
-                    }
+                    x509_parser::extensions::GeneralName::DNSName(dns) => Some(normalize_name(dns)),
                     _ => None,
                 })
                 .collect()

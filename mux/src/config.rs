@@ -169,7 +169,10 @@ impl RouteConfig {
             check_pattern(name).map_err(|why| config_error(&format!("{key}.sni"), &why))?;
         }
         if self.alpn.iter().any(|id| id.is_empty() || id.len() > 255) {
-            return Err(config_error(&format!("{key}.alpn"), "ids are 1 to 255 bytes"));
+            return Err(config_error(
+                &format!("{key}.alpn"),
+                "ids are 1 to 255 bytes",
+            ));
         }
         match self.action {
             ActionKind::Terminate => {
@@ -221,7 +224,10 @@ impl TlsConfig {
                 }
             }
             if !acme.directory.starts_with("https://") {
-                return Err(config_error("tls.acme.directory", "must be an https:// URL"));
+                return Err(config_error(
+                    "tls.acme.directory",
+                    "must be an https:// URL",
+                ));
             }
         }
         Ok(())
@@ -239,7 +245,9 @@ fn check_pattern(pattern: &str) -> Result<(), String> {
     let valid_label = |label: &str| {
         !label.is_empty()
             && label.len() <= 63
-            && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
             && !label.starts_with('-')
             && !label.ends_with('-')
     };

@@ -79,7 +79,9 @@ impl Metrics {
             active: Family::default(),
             upstream_failures: Family::default(),
             dispatched: Family::default(),
-            hello_bytes: Histogram::new([256.0, 512.0, 1024.0, 1536.0, 2048.0, 4096.0, 8192.0, 16384.0]),
+            hello_bytes: Histogram::new([
+                256.0, 512.0, 1024.0, 1536.0, 2048.0, 4096.0, 8192.0, 16384.0,
+            ]),
             hello_records: Histogram::new([1.0, 2.0, 4.0, 8.0, 32.0, 128.0]),
             cert_reloads: Family::default(),
         }
@@ -88,7 +90,11 @@ impl Metrics {
     /// Registers every metric in `registry` under the `mux_` prefix.
     pub fn register(&self, registry: &mut Registry) {
         let r = registry.sub_registry_with_prefix("mux");
-        r.register("connections_accepted", "Connections accepted", self.accepted.clone());
+        r.register(
+            "connections_accepted",
+            "Connections accepted",
+            self.accepted.clone(),
+        );
         r.register(
             "accept_errors",
             "Accept errors from resource exhaustion (each followed by a back-off)",
@@ -100,15 +106,31 @@ impl Metrics {
              not_client_hello, too_large, too_fragmented, malformed, limit_total, limit_source",
             self.peek_failures.clone(),
         );
-        r.register("pending_connections", "Connections in the peek phase", self.pending.clone());
-        r.register("handshakes", "Completed TLS handshakes", self.handshakes.clone());
+        r.register(
+            "pending_connections",
+            "Connections in the peek phase",
+            self.pending.clone(),
+        );
+        r.register(
+            "handshakes",
+            "Completed TLS handshakes",
+            self.handshakes.clone(),
+        );
         r.register(
             "handshake_failures",
             "Failed TLS handshakes, by reason: timeout, tls, io",
             self.handshake_failures.clone(),
         );
-        r.register("route_hits", "Connections routed, by route", self.route_hits.clone());
-        r.register("active_connections", "Open connections, by route", self.active.clone());
+        r.register(
+            "route_hits",
+            "Connections routed, by route",
+            self.route_hits.clone(),
+        );
+        r.register(
+            "active_connections",
+            "Open connections, by route",
+            self.active.clone(),
+        );
         r.register(
             "upstream_failures",
             "Passthrough upstreams that could not be reached, by route",

@@ -18,19 +18,20 @@ pub fn v2_header(peer: SocketAddr, local: SocketAddr) -> Vec<u8> {
         }
         _ => (peer, local),
     };
-    Builder::with_addresses(Version::Two | Command::Proxy, Protocol::Stream, (peer, local))
-        .build()
-        .expect("a header with two addresses and no TLVs always fits")
+    Builder::with_addresses(
+        Version::Two | Command::Proxy,
+        Protocol::Stream,
+        (peer, local),
+    )
+    .build()
+    .expect("a header with two addresses and no TLVs always fits")
 }
 
 fn mapped(addr: SocketAddr) -> SocketAddr {
     match addr {
-        SocketAddr::V4(v4) => SocketAddr::V6(SocketAddrV6::new(
-            v4.ip().to_ipv6_mapped(),
-            v4.port(),
-            0,
-            0,
-        )),
+        SocketAddr::V4(v4) => {
+            SocketAddr::V6(SocketAddrV6::new(v4.ip().to_ipv6_mapped(), v4.port(), 0, 0))
+        }
         v6 => v6,
     }
 }
@@ -48,10 +49,13 @@ mod tests {
         let header = Header::try_from(bytes.as_slice()).expect("valid header");
         match header.addresses {
             Addresses::IPv4(a) => {
-                assert_eq!(a.source_address, *match peer {
-                    SocketAddr::V4(ref v) => v.ip(),
-                    SocketAddr::V6(_) => unreachable!("v4 literal"),
-                });
+                assert_eq!(
+                    a.source_address,
+                    *match peer {
+                        SocketAddr::V4(ref v) => v.ip(),
+                        SocketAddr::V6(_) => unreachable!("v4 literal"),
+                    }
+                );
                 assert_eq!(a.source_port, 40000);
                 assert_eq!(a.destination_port, 443);
             }

@@ -86,7 +86,10 @@ fn reload(configs: &[CertFileConfig], store: &CertStore, metrics: &Metrics) {
         Ok(entries) => {
             info!(certificates = entries.len(), "certificate files reloaded");
             store.replace(Source::Files, entries);
-            metrics.cert_reloads.get_or_create(&Reason { reason: "ok" }).inc();
+            metrics
+                .cert_reloads
+                .get_or_create(&Reason { reason: "ok" })
+                .inc();
         }
         Err(e) => {
             warn!(error = %e, "certificate reload failed, keeping the previous certificates");

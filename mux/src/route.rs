@@ -97,7 +97,11 @@ impl Route {
         Self {
             name: Arc::from(name),
             names: config.sni.iter().map(|n| NamePattern::new(n)).collect(),
-            alpn: config.alpn.iter().map(|id| id.as_bytes().to_vec()).collect(),
+            alpn: config
+                .alpn
+                .iter()
+                .map(|id| id.as_bytes().to_vec())
+                .collect(),
             action,
         }
     }
@@ -109,10 +113,11 @@ impl Route {
                 .as_deref()
                 .is_some_and(|name| self.names.iter().any(|p| p.matches(name)));
         let alpn_ok = self.alpn.is_empty()
-            || hello
-                .alpn
-                .iter()
-                .any(|offered| self.alpn.iter().any(|id| id.as_slice() == offered.as_slice()));
+            || hello.alpn.iter().any(|offered| {
+                self.alpn
+                    .iter()
+                    .any(|id| id.as_slice() == offered.as_slice())
+            });
         name_ok && alpn_ok
     }
 }
@@ -142,8 +147,10 @@ mod tests {
     use super::*;
 
     fn hello(sni: Option<&str>, alpn: &[&str]) -> ClientHello {
-        let mut hello = ClientHello::default();
-        hello.server_name = sni.map(|s| heapless::String::try_from(s).expect("short name"));
+        let mut hello = ClientHello {
+            server_name: sni.map(|s| heapless::String::try_from(s).expect("short name")),
+            ..ClientHello::default()
+        };
         for id in alpn {
             let id = heapless::Vec::from_slice(id.as_bytes()).expect("short id");
             hello.alpn.push(id).expect("few ids");
@@ -170,6 +177,9 @@ mod tests {
         assert_eq!(name(&hello(Some("a.b.example.org"), &["h2"])), "h2");
         assert_eq!(name(&hello(Some("example.org"), &[])), DEFAULT_ROUTE);
         assert_eq!(name(&hello(None, &["http/1.1"])), DEFAULT_ROUTE);
-        assert_eq!(table.lookup(&hello(None, &[])).action, Action::Terminate(None));
+        assert_eq!(
+            table.lookup(&hello(None, &[])).action,
+            Action::Terminate(None)
+        );
     }
 }

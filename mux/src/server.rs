@@ -104,10 +104,11 @@ impl Mux {
         // TCP): Nagle's delay would add a round trip to each.
         let _ = tcp.set_nodelay(true);
 
-        let Some(pending) = self.admit(peer) else { return };
+        let Some(pending) = self.admit(peer) else {
+            return;
+        };
         let mut peek = Box::new(HelloPeek::new());
-        let hello = match timeout(self.config.peek_timeout, read_hello(&mut tcp, &mut peek)).await
-        {
+        let hello = match timeout(self.config.peek_timeout, read_hello(&mut tcp, &mut peek)).await {
             Ok(Ok(hello)) => hello,
             Ok(Err(reason)) => return self.peek_failed(reason),
             Err(_) => return self.peek_failed("timeout"),
@@ -167,7 +168,10 @@ impl Mux {
 
     fn peek_failed(&self, reason: &'static str) {
         debug!(reason, "closed before routing");
-        self.metrics.peek_failures.get_or_create(&Reason { reason }).inc();
+        self.metrics
+            .peek_failures
+            .get_or_create(&Reason { reason })
+            .inc();
     }
 
     async fn passthrough(
@@ -297,7 +301,10 @@ struct Conn<'a> {
 }
 
 /// Reads until the peek yields a hello; the error is a metric reason.
-async fn read_hello(tcp: &mut TcpStream, peek: &mut HelloPeek) -> Result<ClientHello, &'static str> {
+async fn read_hello(
+    tcp: &mut TcpStream,
+    peek: &mut HelloPeek,
+) -> Result<ClientHello, &'static str> {
     let mut chunk = [0u8; 2048];
     loop {
         let n = tcp.read(&mut chunk).await.map_err(|_| "eof")?;
@@ -497,7 +504,9 @@ mod tests {
     fn total_limit() {
         let metrics = Metrics::new();
         let limits = Limits::new(1, 5);
-        let _held = limits.admit("127.0.0.2".parse().expect("ip"), &metrics).expect("first");
+        let _held = limits
+            .admit("127.0.0.2".parse().expect("ip"), &metrics)
+            .expect("first");
         let other = limits.admit("127.0.0.3".parse().expect("ip"), &metrics);
         assert_eq!(other.err(), Some("limit_total"));
     }

@@ -43,7 +43,10 @@ async fn replaced_files_are_served_without_dropping_connections() {
     replace_file(&files.cert, &first.cert_pem);
     replace_file(&files.key, &first.key_pem);
 
-    let store = store(&pki, mux::reload::load_files(&[files.clone()]).expect("load"));
+    let store = store(
+        &pki,
+        mux::reload::load_files(std::slice::from_ref(&files)).expect("load"),
+    );
     let mux = start_mux(MuxConfig::default(), store).await;
     let hup = Arc::new(Notify::new());
     let reloader = tokio::spawn(mux::reload::run(

@@ -27,12 +27,18 @@ async fn closed_by_mux(stream: &mut TcpStream) {
         Ok(Ok(_)) | Ok(Err(_)) => {}
         Err(_) => panic!("connection still open after 10 s"),
     }
-    assert!(rest.is_empty(), "nothing is answered before routing: {rest:?}");
+    assert!(
+        rest.is_empty(),
+        "nothing is answered before routing: {rest:?}"
+    );
 }
 
 async fn wait_metric(mux: &Running, sample: &str, value: f64) {
     let metrics = mux.metrics.clone();
-    let ok = eventually(Duration::from_secs(10), || metric(&metrics, sample) == value).await;
+    let ok = eventually(Duration::from_secs(10), || {
+        metric(&metrics, sample) == value
+    })
+    .await;
     assert!(ok, "{sample} != {value}:\n{}", metrics_text(&metrics));
 }
 
@@ -40,7 +46,9 @@ async fn wait_metric(mux: &Running, sample: &str, value: f64) {
 async fn non_tls_bytes_are_closed_silently() {
     let (_pki, mux) = mux_with(MuxConfig::default()).await;
     let mut tcp = TcpStream::connect(mux.addr).await.expect("connect");
-    tcp.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.expect("write");
+    tcp.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("write");
     closed_by_mux(&mut tcp).await;
     wait_metric(&mux, "mux_peek_failures_total{reason=\"not_tls\"}", 1.0).await;
 }
@@ -109,7 +117,12 @@ async fn half_open_floods_are_capped_per_source_and_in_total() {
     wait_metric(&mux, "mux_pending_connections", 5.0).await;
     let mut sixth = connect_from("127.0.0.2", &mux).await;
     closed_by_mux(&mut sixth).await;
-    wait_metric(&mux, "mux_peek_failures_total{reason=\"limit_source\"}", 1.0).await;
+    wait_metric(
+        &mux,
+        "mux_peek_failures_total{reason=\"limit_source\"}",
+        1.0,
+    )
+    .await;
 
     // Other sources fill the rest of the total; then everyone is refused.
     for i in 0..15 {

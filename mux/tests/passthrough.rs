@@ -50,7 +50,9 @@ async fn read_n(stream: &mut TcpStream, n: usize) -> Vec<u8> {
 /// Connects to `addr` from 127.0.0.2, so the PROXY header has a distinct source.
 async fn connect_from_second_loopback(addr: SocketAddr) -> TcpStream {
     let socket = TcpSocket::new_v4().expect("socket");
-    socket.bind("127.0.0.2:0".parse().expect("addr")).expect("bind");
+    socket
+        .bind("127.0.0.2:0".parse().expect("addr"))
+        .expect("bind");
     socket.connect(addr).await.expect("connect")
 }
 
@@ -76,8 +78,14 @@ async fn bytes_are_replayed_exactly_behind_a_proxy_header() {
     let parsed = Header::try_from(header.as_slice()).expect("valid PROXY v2 header");
     match parsed.addresses {
         Addresses::IPv4(a) => {
-            assert_eq!(SocketAddr::from((a.source_address, a.source_port)), client_addr);
-            assert_eq!(SocketAddr::from((a.destination_address, a.destination_port)), mux.addr);
+            assert_eq!(
+                SocketAddr::from((a.source_address, a.source_port)),
+                client_addr
+            );
+            assert_eq!(
+                SocketAddr::from((a.destination_address, a.destination_port)),
+                mux.addr
+            );
         }
         other => panic!("expected IPv4 addresses, got {other:?}"),
     }
@@ -121,8 +129,8 @@ async fn a_real_tls_server_behind_the_mux_keeps_its_own_certificate() {
     let leaf = pki.leaf(&["backend.example.org"]);
     let upstream = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let up_addr = upstream.local_addr().expect("addr");
-    let server_config = mux::tls::server_config(store(&pki, vec![leaf.entry.clone()]))
-        .expect("server config");
+    let server_config =
+        mux::tls::server_config(store(&pki, vec![leaf.entry.clone()])).expect("server config");
     let acceptor = tokio_rustls::TlsAcceptor::from(server_config);
     tokio::spawn(async move {
         let (tcp, _) = upstream.accept().await.expect("accept");

@@ -42,7 +42,10 @@ async fn certificates_are_chosen_by_name() {
     let mut tls = connect(mux.addr, client.clone(), "APP.example.org.")
         .await
         .expect("exact name verifies against the test CA");
-    assert_eq!(read_tag(&mut tls).await, "https sni=app.example.org route=default");
+    assert_eq!(
+        read_tag(&mut tls).await,
+        "https sni=app.example.org route=default"
+    );
     let leaf = tls.get_ref().1.peer_certificates().expect("certs")[0].clone();
     assert_eq!(leaf, exact.der);
 
@@ -96,7 +99,10 @@ async fn first_bytes_choose_the_service_without_alpn() {
         0x86, 0xfa, 0x87, 0xdf, 0xae,
     ];
     tls.write_all(&stun).await.expect("write");
-    assert_eq!(read_tag(&mut tls).await, "turn sni=any.example.org route=default");
+    assert_eq!(
+        read_tag(&mut tls).await,
+        "turn sni=any.example.org route=default"
+    );
     let mut echoed = [0u8; 20];
     tls.read_exact(&mut echoed).await.expect("echo");
     assert_eq!(echoed, stun, "the sniffed bytes reach the service intact");
@@ -104,8 +110,13 @@ async fn first_bytes_choose_the_service_without_alpn() {
     let mut tls = connect(mux.addr, client, "any.example.org")
         .await
         .expect("handshake");
-    tls.write_all(b"GET /healthz HTTP/1.1\r\n").await.expect("write");
-    assert_eq!(read_tag(&mut tls).await, "https sni=any.example.org route=default");
+    tls.write_all(b"GET /healthz HTTP/1.1\r\n")
+        .await
+        .expect("write");
+    assert_eq!(
+        read_tag(&mut tls).await,
+        "https sni=any.example.org route=default"
+    );
 }
 
 #[tokio::test]
@@ -119,8 +130,14 @@ async fn a_route_can_name_its_service() {
         .await
         .expect("handshake");
     // ALPN says HTTP, but the route says TURN.
-    assert_eq!(read_tag(&mut tls).await, "turn sni=turn.example.org route=turns");
-    assert_eq!(metric(&mux.metrics, "mux_route_hits_total{route=\"turns\"}"), 1.0);
+    assert_eq!(
+        read_tag(&mut tls).await,
+        "turn sni=turn.example.org route=turns"
+    );
+    assert_eq!(
+        metric(&mux.metrics, "mux_route_hits_total{route=\"turns\"}"),
+        1.0
+    );
 }
 
 #[tokio::test]

@@ -262,7 +262,10 @@ pub async fn read_tag<S: tokio::io::AsyncRead + Unpin>(stream: &mut S) -> String
         assert_eq!(n, 1, "stream closed before the tag: {line:?}");
         line.push(byte[0]);
     }
-    String::from_utf8(line).expect("utf-8 tag").trim_end().to_owned()
+    String::from_utf8(line)
+        .expect("utf-8 tag")
+        .trim_end()
+        .to_owned()
 }
 
 /// The metrics in Prometheus text.
