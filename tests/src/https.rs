@@ -61,8 +61,10 @@ pub fn wait_healthy(
         }
         // One attempt may stall while the guest is still starting; cap it so
         // the loop keeps watching the process.
-        let attempt = tokio::time::timeout(Duration::from_secs(10), healthz_async(addr));
-        match runtime.block_on(attempt) {
+        let attempt = runtime.block_on(async {
+            tokio::time::timeout(Duration::from_secs(10), healthz_async(addr)).await
+        });
+        match attempt {
             Ok(Ok(health)) if health.status == StatusCode::OK => {
                 return Ok((health, start.elapsed()))
             }
@@ -266,6 +268,32 @@ mod tests {
         assert_eq!(health.status, StatusCode::OK);
         assert_eq!(&health.body[..], b"ok");
         assert_eq!(health.certificates.len(), 1);
+    }
+
+    #[test]
+    fn wait_healthy_returns_the_first_good_answer() {
+        let addr = serve_once(Arc::new(Fixed(certified_key(true))));
+        let sleeper = std::process::Command::new("sleep")
+            .arg("600")
+            .spawn()
+            .expect("spawn sleep");
+        let mut process = ProcessGuard::new("sleep", sleeper);
+        let (health, _) = wait_healthy(addr, Duration::from_secs(30), &mut process)
+            .expect("healthy on the first attempt");
+        assert_eq!(&health.body[..], b"ok");
+    }
+
+    #[test]
+    fn wait_healthy_stops_when_the_process_exits() {
+        let addr = serve_once(Arc::new(Fixed(certified_key(true))));
+        let mut done = std::process::Command::new("true")
+            .spawn()
+            .expect("spawn true");
+        done.wait().expect("wait for true");
+        let mut process = ProcessGuard::new("true", done);
+        let error = wait_healthy(addr, Duration::from_secs(30), &mut process)
+            .expect_err("the process is gone");
+        assert!(matches!(error, Error::Exited(_)), "{error}");
     }
 
     /// The certificate is trusted blindly, the handshake signature is not: a
