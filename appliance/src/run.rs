@@ -23,6 +23,15 @@ use crate::https::Https;
 /// Runs the box until SIGTERM or SIGINT.
 pub fn main(config: Config) -> anyhow::Result<()> {
     init_logging(&config.log.filter);
+    // Libraries that build their own rustls configurations (the ACME
+    // client's HTTPS) take the process default: make it the one provider
+    // the box carries, whatever else a dependency might enable.
+    if rustls::crypto::aws_lc_rs::default_provider()
+        .install_default()
+        .is_err()
+    {
+        warn!("a rustls crypto provider was already installed");
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -70,6 +79,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
                 warn!(error = %e, "certificate files are not watched; SIGHUP still reloads");
             }
         });
+    }
+    if let Some(acme) = config.tls.acme.clone() {
+        tokio::spawn(mux::acme::run(acme, Arc::clone(&store), Arc::clone(&metrics)));
     }
     if let Some(addr) = config.metrics.listen {
         let listener = tokio::net::TcpListener::bind(addr)

@@ -241,16 +241,6 @@ pub fn leaf_names(key: &CertifiedKey) -> Result<Vec<String>, Error> {
     Ok(names)
 }
 
-/// Seconds since the Unix epoch at which a certificate's leaf expires.
-pub fn leaf_not_after(key: &CertifiedKey) -> Result<i64, Error> {
-    let leaf = key
-        .end_entity_cert()
-        .map_err(|e| Error::Certificate(format!("no leaf certificate: {e}")))?;
-    let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref())
-        .map_err(|e| Error::Certificate(format!("unparsable leaf certificate: {e}")))?;
-    Ok(cert.validity().not_after.timestamp())
-}
-
 /// A self-signed certificate for `names`, served until a real one exists.
 pub fn self_signed(names: &[String]) -> Result<Entry, Error> {
     let names = if names.is_empty() {
@@ -317,7 +307,6 @@ mod tests {
         let e = entry(&["a.example.org", "*.b.example.org"]);
         let names = leaf_names(&e.key).expect("parsable");
         assert_eq!(names, vec!["a.example.org", "*.b.example.org"]);
-        assert!(leaf_not_after(&e.key).expect("parsable") > 0);
     }
 
     #[test]

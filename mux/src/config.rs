@@ -128,7 +128,8 @@ pub struct AcmeConfig {
     /// comes first. Default: 30 days.
     #[serde(default = "default_renew_before", with = "humantime_serde")]
     pub renew_before: Duration,
-    /// Extra PEM root to trust for the directory's HTTPS (a test CA).
+    /// PEM root to trust, instead of the system roots, for the directory's
+    /// HTTPS (the first certificate in the file; for test CAs).
     pub directory_ca: Option<PathBuf>,
 }
 

@@ -55,7 +55,7 @@ pub struct Metrics {
     pub hello_bytes: Histogram,
     /// Number of TLS records a ClientHello arrived in.
     pub hello_records: Histogram,
-    /// Certificate reloads, by result (`ok`, `error`).
+    /// Certificate reloads, by result (`ok`, `error`, `acme_ok`, `acme_error`).
     pub cert_reloads: Family<Reason, Counter>,
 }
 
@@ -153,7 +153,7 @@ impl Metrics {
         );
         r.register(
             "certificate_reloads",
-            "Certificate reloads, by result: ok, error",
+            "Certificate reloads, by result: ok, error (files), acme_ok, acme_error (ACME)",
             self.cert_reloads.clone(),
         );
     }
