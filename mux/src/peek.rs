@@ -148,7 +148,8 @@ impl HelloPeek {
     }
 
     /// Every byte fed so far, in order, up to and including the call that
-    /// returned the hello or the error.
+    /// returned the hello or the error; after [`PeekError::TooFragmented`],
+    /// the bytes that fitted.
     pub fn buffered(&self) -> &[u8] {
         &self.buf
     }
@@ -330,7 +331,10 @@ fn check_record_prefix(prefix: &[u8], first: bool) -> Result<(), PeekError> {
         }
     };
     // RFC 8446 §5.1: the hello travels in handshake records only.
-    if prefix.first().is_some_and(|&kind| kind != CONTENT_HANDSHAKE) {
+    if prefix
+        .first()
+        .is_some_and(|&kind| kind != CONTENT_HANDSHAKE)
+    {
         return Err(reject("record of another type inside the clienthello"));
     }
     // RFC 8446 §5.1 and appendix D: legacy_record_version is 0x0301 in
@@ -811,7 +815,9 @@ mod tests {
     }
 
     fn sni(bytes: &[u8]) -> Option<String> {
-        hello(bytes).server_name.map(|name| name.as_str().to_owned())
+        hello(bytes)
+            .server_name
+            .map(|name| name.as_str().to_owned())
     }
 
     #[test]
@@ -968,10 +974,7 @@ mod tests {
 
     #[test]
     fn rejects_other_handshake_messages() {
-        assert_eq!(
-            peek(&[22, 3, 1, 0, 4, 2]),
-            Err(PeekError::NotClientHello)
-        );
+        assert_eq!(peek(&[22, 3, 1, 0, 4, 2]), Err(PeekError::NotClientHello));
     }
 
     #[test]
@@ -1075,12 +1078,7 @@ mod tests {
 
     #[test]
     fn rejects_too_many_record_headers() {
-        let message = HelloBuilder::default()
-            .ext(21, vec![0; 4000])
-            .message();
-        assert_eq!(
-            peek(&records(&message, 1)),
-            Err(PeekError::TooFragmented)
-        );
+        let message = HelloBuilder::default().ext(21, vec![0; 4000]).message();
+        assert_eq!(peek(&records(&message, 1)), Err(PeekError::TooFragmented));
     }
 }
