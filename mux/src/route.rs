@@ -75,6 +75,12 @@ impl RouteTable {
             .unwrap_or(&self.default)
     }
 
+    /// The route for connections whose hello could not be read as one: it
+    /// terminates, so rustls answers them.
+    pub fn default_route(&self) -> &Route {
+        &self.default
+    }
+
     /// Every route, the default last.
     pub fn routes(&self) -> impl Iterator<Item = &Route> {
         self.routes.iter().chain(std::iter::once(&self.default))

@@ -16,7 +16,7 @@ use tracing::{debug, info_span, warn, Instrument};
 use crate::certs::ACME_TLS_ALPN;
 use crate::config::{MuxConfig, ServiceName};
 use crate::metrics::{Metrics, Reason, RouteLabel, ServiceLabel};
-use crate::peek::{ClientHello, HelloPeek, PeekError};
+use crate::peek::{ClientHello, HelloPeek, PeekError, MAX_PEEK_LEN};
 use crate::proxy;
 use crate::route::{Action, Route, RouteTable};
 use crate::service::{sniff, ConnInfo, Services, Sniffed, SNIFF_LEN};
@@ -108,16 +108,28 @@ impl Mux {
             return;
         };
         let mut peek = Box::new(HelloPeek::new());
-        let hello = match timeout(self.config.peek_timeout, read_hello(&mut tcp, &mut peek)).await {
-            Ok(Ok(hello)) => hello,
-            Ok(Err(reason)) => return self.peek_failed(reason),
+        let peeked = timeout(self.config.peek_timeout, read_hello(&mut tcp, &mut peek)).await;
+        let hello = match peeked {
+            Ok(Ok(hello)) => Some(hello),
+            Ok(Err(failure)) => {
+                self.peek_failed(failure.reason);
+                if !failure.answer_as_tls {
+                    return;
+                }
+                None
+            }
             Err(_) => return self.peek_failed("timeout"),
         };
         drop(pending);
-        self.metrics.hello_bytes.observe(hello.hello_len as f64);
-        self.metrics.hello_records.observe(hello.records as f64);
 
-        let route = self.table.lookup(&hello);
+        let route = match &hello {
+            Some(hello) => {
+                self.metrics.hello_bytes.observe(hello.hello_len as f64);
+                self.metrics.hello_records.observe(hello.records as f64);
+                self.table.lookup(hello)
+            }
+            None => self.table.default_route(),
+        };
         let label = RouteLabel {
             route: route.name.to_string(),
         };
@@ -125,7 +137,8 @@ impl Mux {
         let _active = GaugeGuard::new(&self.metrics, label);
         let buffered = peek.buffered().to_vec();
         drop(peek);
-        debug!(route = %route.name, sni = ?hello.server_name, "routed");
+        let sni = hello.as_ref().and_then(|h| h.server_name.as_deref());
+        debug!(route = %route.name, ?sni, "routed");
 
         let activity = Activity::new();
         let tcp = Tracked::new(tcp, Arc::clone(&activity));
@@ -300,32 +313,52 @@ struct Conn<'a> {
     route: &'a Route,
 }
 
-/// Reads until the peek yields a hello; the error is a metric reason.
-async fn read_hello(
-    tcp: &mut TcpStream,
-    peek: &mut HelloPeek,
-) -> Result<ClientHello, &'static str> {
+/// Why the peek did not yield a hello.
+struct PeekFailure {
+    /// The metric reason.
+    reason: &'static str,
+    /// Hand the bytes to rustls anyway, so the client gets exactly the
+    /// alert a plain rustls server would send for them, and the mux is not
+    /// told apart from one by how it fails.
+    answer_as_tls: bool,
+}
+
+/// Reads until the peek yields a hello.
+///
+/// Each read takes at most the room left in the peek buffer, so bytes that
+/// follow the hello in the same segment are kept for the replay, never lost.
+async fn read_hello(tcp: &mut TcpStream, peek: &mut HelloPeek) -> Result<ClientHello, PeekFailure> {
     let mut chunk = [0u8; 2048];
     loop {
-        let n = tcp.read(&mut chunk).await.map_err(|_| "eof")?;
+        let room = MAX_PEEK_LEN.saturating_sub(peek.buffered().len());
+        let want = room.clamp(1, chunk.len());
+        let n = tcp.read(&mut chunk[..want]).await.unwrap_or(0);
         if n == 0 {
-            return Err("eof");
+            return Err(PeekFailure {
+                reason: "eof",
+                answer_as_tls: false,
+            });
         }
         match peek.handle_bytes(&chunk[..n]) {
             Ok(Some(hello)) => return Ok(hello.clone()),
             Ok(None) => {}
-            Err(e) => return Err(peek_reason(&e)),
+            Err(e) => return Err(peek_failure(&e)),
         }
     }
 }
 
-fn peek_reason(error: &PeekError) -> &'static str {
-    match error {
-        PeekError::NotTls => "not_tls",
-        PeekError::NotClientHello => "not_client_hello",
-        PeekError::TooLarge => "too_large",
-        PeekError::TooFragmented => "too_fragmented",
-        _ => "malformed",
+fn peek_failure(error: &PeekError) -> PeekFailure {
+    let (reason, answer_as_tls) = match error {
+        PeekError::NotTls => ("not_tls", true),
+        PeekError::NotClientHello => ("not_client_hello", true),
+        // rustls would wait for more of these; the mux does not.
+        PeekError::TooLarge => ("too_large", false),
+        PeekError::TooFragmented => ("too_fragmented", false),
+        _ => ("malformed", true),
+    };
+    PeekFailure {
+        reason,
+        answer_as_tls,
     }
 }
 

@@ -42,15 +42,65 @@ async fn wait_metric(mux: &Running, sample: &str, value: f64) {
     assert!(ok, "{sample} != {value}:\n{}", metrics_text(&metrics));
 }
 
-#[tokio::test]
-async fn non_tls_bytes_are_closed_silently() {
-    let (_pki, mux) = mux_with(MuxConfig::default()).await;
-    let mut tcp = TcpStream::connect(mux.addr).await.expect("connect");
-    tcp.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+/// What a server at `addr` sends back for `bytes` before closing.
+async fn answer_to(addr: std::net::SocketAddr, bytes: &[u8]) -> Vec<u8> {
+    let mut tcp = TcpStream::connect(addr).await.expect("connect");
+    tcp.write_all(bytes).await.expect("write");
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut answer)).await;
+    assert!(read.is_ok(), "still open after 10 s");
+    answer
+}
+
+/// A plain rustls server with the mux's own TLS configuration, for comparison.
+async fn bare_rustls(pki: &Pki) -> std::net::SocketAddr {
+    let config = mux::tls::server_config(store(pki, vec![])).expect("config");
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
-        .expect("write");
-    closed_by_mux(&mut tcp).await;
-    wait_metric(&mux, "mux_peek_failures_total{reason=\"not_tls\"}", 1.0).await;
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let _ = acceptor.accept(tcp).await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn bytes_that_are_no_hello_get_exactly_what_rustls_answers() {
+    let (pki, mux) = mux_with(MuxConfig::default()).await;
+    let bare = bare_rustls(&pki).await;
+    let cases: [(&str, &[u8]); 3] = [
+        ("not_tls", b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"),
+        // A handshake record carrying a ServerHello.
+        (
+            "not_client_hello",
+            &[
+                0x16, 0x03, 0x03, 0x00, 0x06, 0x02, 0x00, 0x00, 0x02, 0x03, 0x03,
+            ],
+        ),
+        // A ClientHello too short to hold its own random.
+        (
+            "malformed",
+            &[
+                0x16, 0x03, 0x01, 0x00, 0x08, 0x01, 0x00, 0x00, 0x04, 0x03, 0x03, 0x00, 0x00,
+            ],
+        ),
+    ];
+    for (reason, bytes) in cases {
+        let from_mux = answer_to(mux.addr, bytes).await;
+        let from_rustls = answer_to(bare, bytes).await;
+        assert_eq!(from_mux, from_rustls, "{reason}");
+        // RFC 8446 §6: a fatal alert record, not silence.
+        assert_eq!(from_rustls.first(), Some(&0x15), "{reason}: {from_rustls:02x?}");
+        let sample = format!("mux_peek_failures_total{{reason=\"{reason}\"}}");
+        wait_metric(&mux, &sample, 1.0).await;
+    }
 }
 
 #[tokio::test]
