@@ -1,0 +1,292 @@
+//! The human-readable tables, the goals beside the measured figures, and the
+//! one `name=value` line the script ends with.
+
+use std::fmt::{self, Write as _};
+use std::io::{self, Write as _};
+
+use crate::client::{Kx, Target};
+use crate::drive::{DriveArgs, DIRECT, NGINX, PASSTHROUGH, TERMINATE};
+use crate::latency::Group;
+use crate::rate::Rate;
+use crate::slowloris::Outcome;
+use crate::stats::Samples;
+
+/// Everything the driver measured.
+#[derive(Debug)]
+pub(crate) struct Report<'a> {
+    /// The settings, for the table headings.
+    pub(crate) args: &'a DriveArgs,
+    /// Targets, in the order of every per-target list below.
+    pub(crate) targets: &'a [Target],
+    /// Handshake latency, X25519 first, then X25519MLKEM768.
+    pub(crate) latency: &'a [Group],
+    /// Connection rate per target.
+    pub(crate) rates: &'a [Rate],
+    /// The slowloris test.
+    pub(crate) slowloris: &'a Outcome,
+}
+
+/// Writes the report to stdout; the ratio line is the last line.
+pub(crate) fn print(report: &Report<'_>) -> io::Result<()> {
+    let mut text = String::new();
+    write_all(&mut text, report).map_err(io::Error::other)?;
+    io::stdout().lock().write_all(text.as_bytes())
+}
+
+fn write_all(out: &mut String, r: &Report<'_>) -> fmt::Result {
+    latency_table(out, r)?;
+    rate_table(out, r)?;
+    slowloris_table(out, r)?;
+    goals(out, r)?;
+    ratio_line(out, r)
+}
+
+fn latency_table(out: &mut String, r: &Report<'_>) -> fmt::Result {
+    writeln!(
+        out,
+        "\nconnect + full TLS handshake, ms ({} per target and key exchange, interleaved)",
+        r.args.handshakes
+    )?;
+    writeln!(
+        out,
+        "{:<16} {:<16} {:>8} {:>8} {:>10} {:>10} {:>6}",
+        "key exchange", "target", "p50", "p99", "p50-direct", "p99-direct", "errors"
+    )?;
+    for group in r.latency {
+        let direct = &group.per_target[DIRECT];
+        for (target, s) in r.targets.iter().zip(&group.per_target) {
+            writeln!(
+                out,
+                "{:<16} {:<16} {:>8.3} {:>8.3} {:>+10.3} {:>+10.3} {:>6}",
+                group.kx.label(),
+                target.label,
+                s.p50_ms(),
+                s.p99_ms(),
+                s.p50_ms() - direct.p50_ms(),
+                s.p99_ms() - direct.p99_ms(),
+                s.errors
+            )?;
+        }
+    }
+    Ok(())
+}
+
+fn rate_table(out: &mut String, r: &Report<'_>) -> fmt::Result {
+    writeln!(
+        out,
+        "\nnew connections per second ({} clients, {} x {} ms per target, interleaved, \
+         client offers {})",
+        r.args.rate_clients,
+        r.args.rate_slices,
+        r.args.rate_slice_ms,
+        Kx::Default.label()
+    )?;
+    writeln!(
+        out,
+        "{:<16} {:>10} {:>10} {:>6}",
+        "target", "conn/s", "vs direct", "errors"
+    )?;
+    let direct = r.rates[DIRECT].per_sec();
+    for (target, rate) in r.targets.iter().zip(r.rates) {
+        writeln!(
+            out,
+            "{:<16} {:>10.0} {:>10.3} {:>6}",
+            target.label,
+            rate.per_sec(),
+            rate.per_sec() / direct,
+            rate.errors
+        )?;
+    }
+    Ok(())
+}
+
+fn slowloris_table(out: &mut String, r: &Report<'_>) -> fmt::Result {
+    let s = r.slowloris;
+    writeln!(
+        out,
+        "\nslowloris: mux terminate handshakes (X25519), ms, quiet and with {} idle \
+         half-open connections from {} sources, {} alternating blocks",
+        r.args.flood, r.args.flood_sources, r.args.slowloris_blocks
+    )?;
+    writeln!(
+        out,
+        "{:<16} {:>8} {:>8} {:>8} {:>6}",
+        "phase", "p50", "p99", "n", "errors"
+    )?;
+    for (phase, samples) in [("quiet", &s.quiet), ("flooded", &s.flooded)] {
+        writeln!(
+            out,
+            "{:<16} {:>8.3} {:>8.3} {:>8} {:>6}",
+            phase,
+            samples.p50_ms(),
+            samples.p99_ms(),
+            samples.len(),
+            samples.errors
+        )?;
+    }
+    let pending = s
+        .edge_pending
+        .map_or_else(|| "not read".to_owned(), |n| n.to_string());
+    writeln!(
+        out,
+        "idle connections still open after each flooded block (fewest): {} of {}; \
+         edge's mux_pending_connections during the flood: {}",
+        s.still_open, r.args.flood, pending
+    )
+}
+
+/// The figures the goals and the ratio line are made of.
+#[derive(Debug)]
+struct Figures {
+    /// `[X25519, X25519MLKEM768]` p50 added over direct, ms.
+    pass_added_p50: [f64; 2],
+    nginx_added_p50: [f64; 2],
+    pass_added_p99: f64,
+    nginx_added_p99: f64,
+    /// `[X25519, X25519MLKEM768]` p50 over direct's p50.
+    term_ratio_p50: [f64; 2],
+    term_ratio_p99: f64,
+    rate_pass: f64,
+    rate_nginx: f64,
+    rate_term: f64,
+    flooded_p99: f64,
+    quiet_p99: f64,
+    errors: u64,
+}
+
+impl Figures {
+    fn of(r: &Report<'_>) -> Self {
+        let g = |i: usize, t: usize| &r.latency[i].per_target[t];
+        let added_p50 = |i, t| g(i, t).p50_ms() - g(i, DIRECT).p50_ms();
+        let ratio_p50 = |i| g(i, TERMINATE).p50_ms() / g(i, DIRECT).p50_ms();
+        let rate = |t: usize| r.rates[t].per_sec() / r.rates[DIRECT].per_sec();
+        Self {
+            pass_added_p50: [added_p50(0, PASSTHROUGH), added_p50(1, PASSTHROUGH)],
+            nginx_added_p50: [added_p50(0, NGINX), added_p50(1, NGINX)],
+            pass_added_p99: g(0, PASSTHROUGH).p99_ms() - g(0, DIRECT).p99_ms(),
+            nginx_added_p99: g(0, NGINX).p99_ms() - g(0, DIRECT).p99_ms(),
+            term_ratio_p50: [ratio_p50(0), ratio_p50(1)],
+            term_ratio_p99: g(0, TERMINATE).p99_ms() / g(0, DIRECT).p99_ms(),
+            rate_pass: rate(PASSTHROUGH),
+            rate_nginx: rate(NGINX),
+            rate_term: rate(TERMINATE),
+            flooded_p99: r.slowloris.flooded.p99_ms(),
+            quiet_p99: r.slowloris.quiet.p99_ms(),
+            errors: total_errors(r),
+        }
+    }
+
+    /// Passthrough's added p50 over nginx's; meaningless when nginx adds
+    /// nothing measurable.
+    fn pass_vs_nginx(&self) -> f64 {
+        let nginx = self.nginx_added_p50[0];
+        if nginx > 0.0 {
+            self.pass_added_p50[0] / nginx
+        } else {
+            f64::NAN
+        }
+    }
+}
+
+fn total_errors(r: &Report<'_>) -> u64 {
+    let latency: u64 = r
+        .latency
+        .iter()
+        .flat_map(|g| &g.per_target)
+        .map(|s: &Samples| s.errors)
+        .sum();
+    let rate: u64 = r.rates.iter().map(|rate| rate.errors).sum();
+    latency + rate + r.slowloris.quiet.errors + r.slowloris.flooded.errors
+}
+
+fn goals(out: &mut String, r: &Report<'_>) -> fmt::Result {
+    let f = Figures::of(r);
+    let pass_ok = (0..2).all(|i| f.pass_added_p50[i] <= f.nginx_added_p50[i]);
+    let term_ok = f.term_ratio_p50.iter().all(|ratio| *ratio <= 1.05);
+    let rate_ok = f.rate_pass >= 0.85 && f.rate_term >= 0.85;
+    let flood_held = r.slowloris.still_open >= r.args.flood;
+    let flood_ok = f.flooded_p99 <= 1.0 && flood_held;
+    writeln!(out, "\ngoals (not enforced: shared machines are noisy)")?;
+    writeln!(
+        out,
+        "  passthrough adds no more than nginx ssl_preread (about +0.05 ms p50): \
+         X25519 {:+.3} vs {:+.3} ms, X25519MLKEM768 {:+.3} vs {:+.3} ms -> {}",
+        f.pass_added_p50[0],
+        f.nginx_added_p50[0],
+        f.pass_added_p50[1],
+        f.nginx_added_p50[1],
+        verdict(pass_ok)
+    )?;
+    writeln!(
+        out,
+        "  terminate p50 within 5% of bare rustls: X25519 {:.3}, X25519MLKEM768 {:.3} -> {}",
+        f.term_ratio_p50[0],
+        f.term_ratio_p50[1],
+        verdict(term_ok)
+    )?;
+    writeln!(
+        out,
+        "  connection rate at least 0.85 of direct: passthrough {:.3}, terminate {:.3} -> {}",
+        f.rate_pass,
+        f.rate_term,
+        verdict(rate_ok)
+    )?;
+    writeln!(
+        out,
+        "  {} idle half-open connections keep legitimate p99 at or under 1 ms: \
+         {:.3} ms (quiet {:.3} ms){} -> {}",
+        r.args.flood,
+        f.flooded_p99,
+        f.quiet_p99,
+        if flood_held {
+            ""
+        } else {
+            ", but edge closed some idle connections"
+        },
+        verdict(flood_ok)
+    )
+}
+
+fn verdict(met: bool) -> &'static str {
+    if met {
+        "met"
+    } else {
+        "MISSED"
+    }
+}
+
+fn ratio_line(out: &mut String, r: &Report<'_>) -> fmt::Result {
+    let f = Figures::of(r);
+    let fields = [
+        ("passthrough_added_p50_ms", f.pass_added_p50[0]),
+        ("passthrough_added_p99_ms", f.pass_added_p99),
+        ("nginx_added_p50_ms", f.nginx_added_p50[0]),
+        ("nginx_added_p99_ms", f.nginx_added_p99),
+        ("passthrough_vs_nginx_added_p50", f.pass_vs_nginx()),
+        ("terminate_vs_direct_p50", f.term_ratio_p50[0]),
+        ("terminate_vs_direct_p99", f.term_ratio_p99),
+        ("pq_passthrough_added_p50_ms", f.pass_added_p50[1]),
+        ("pq_nginx_added_p50_ms", f.nginx_added_p50[1]),
+        ("pq_terminate_vs_direct_p50", f.term_ratio_p50[1]),
+        ("conn_rate_passthrough_vs_direct", f.rate_pass),
+        ("conn_rate_nginx_vs_direct", f.rate_nginx),
+        ("conn_rate_terminate_vs_direct", f.rate_term),
+        ("slowloris_p99_ms", f.flooded_p99),
+        ("slowloris_p99_vs_quiet", f.flooded_p99 / f.quiet_p99),
+    ];
+    let mut line = String::from("\nmux-bench:");
+    for (name, value) in fields {
+        write!(line, " {name}={}", number(value))?;
+    }
+    write!(line, " slowloris_idle_open={}", r.slowloris.still_open)?;
+    writeln!(out, "{line} errors={}", f.errors)
+}
+
+/// Three decimals, or `n/a` for a figure that could not be computed.
+fn number(value: f64) -> String {
+    if value.is_finite() {
+        format!("{value:.3}")
+    } else {
+        "n/a".to_owned()
+    }
+}
