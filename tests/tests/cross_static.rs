@@ -56,8 +56,12 @@ fn version_runs_under_qemu_user() {
     let mut words = line.split_whitespace();
     assert_eq!(words.next(), Some("edge"), "{line:?}");
     let version = words.next().unwrap_or_default();
+    let core = version.split(['-', '+']).next().unwrap_or_default();
     assert!(
-        version.split('.').count() == 3 && version.starts_with(|c: char| c.is_ascii_digit()),
+        core.split('.').count() == 3
+            && core
+                .split('.')
+                .all(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())),
         "no semantic version in {line:?}"
     );
     let rev = words.next().unwrap_or_default();

@@ -6,7 +6,9 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use edge_tests::{edge_binary, free_port, repo_root, wait_healthy, Console, ProcessGuard};
+use edge_tests::{
+    edge_binary, free_port, repo_root, wait_healthy, Console, ProcessGuard, ScratchDir,
+};
 
 /// From power-on to the init's marker line. Under TCG this takes a few
 /// seconds on an idle machine; the margin is for a loaded one.
@@ -25,7 +27,9 @@ const FATAL: &[&str] = &["edge-rig: edge exited", "edge-rig: insmod", "Kernel pa
 #[ignore = "needs the aarch64 build; run by ./dev test"]
 fn box_boots_and_serves_healthz() {
     let root = repo_root();
-    let initramfs = root.join(".rig/test-initramfs.cpio.gz");
+    // A private copy, so that concurrent runs and `./dev run` do not share one.
+    let scratch = ScratchDir::new("qemu").expect("scratch directory");
+    let initramfs = scratch.path().join("initramfs.cpio.gz");
     let status = Command::new(root.join("tests/qemu/mkinitramfs.sh"))
         .arg(edge_binary())
         .arg(&initramfs)
