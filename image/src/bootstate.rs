@@ -316,7 +316,10 @@ impl BootState {
     /// replaced in place, then any chooser variable the block lacked.
     fn variables(&self) -> Vec<Variable> {
         let own = [
-            (ORDER_VAR, format!("{} {}", self.primary, self.primary.other())),
+            (
+                ORDER_VAR,
+                format!("{} {}", self.primary, self.primary.other()),
+            ),
             (LEFT_VARS[0], self.left[0].to_string()),
             (LEFT_VARS[1], self.left[1].to_string()),
         ];
@@ -504,8 +507,8 @@ mod tests {
             s.extra_variables().collect::<Vec<_>>(),
             [("fileaddr", "40400000")]
         );
-        let changed = BootState::decode(&s.mark_good(Slot::B).encode().expect("fits"))
-            .expect("valid");
+        let changed =
+            BootState::decode(&s.mark_good(Slot::B).encode().expect("fits")).expect("valid");
         assert_eq!(changed.tries_left(Slot::B), 3);
         assert_eq!(changed.extra_variables().count(), 1);
     }
@@ -553,10 +556,17 @@ mod tests {
         let s = state(Slot::A, 1, 0);
         let good = s.mark_good(Slot::A);
         assert_eq!(good, state(Slot::A, 3, 0));
-        assert_eq!(good.mark_good(Slot::A), good, "marking twice changes nothing");
+        assert_eq!(
+            good.mark_good(Slot::A),
+            good,
+            "marking twice changes nothing"
+        );
         let switched = good.switch_to(Slot::B);
         assert_eq!(switched, state(Slot::B, 3, 3));
-        assert_eq!(state(Slot::A, 2, 1).switch_to(Slot::B), state(Slot::B, 2, 3));
+        assert_eq!(
+            state(Slot::A, 2, 1).switch_to(Slot::B),
+            state(Slot::B, 2, 3)
+        );
     }
 
     #[test]
@@ -572,7 +582,10 @@ mod tests {
 
     #[test]
     fn booted_slot_checks() {
-        assert_eq!(state(Slot::A, 2, 3).check_booted(Slot::A), BootCheck::Primary);
+        assert_eq!(
+            state(Slot::A, 2, 3).check_booted(Slot::A),
+            BootCheck::Primary
+        );
         assert_eq!(
             state(Slot::B, 2, 0).check_booted(Slot::A),
             BootCheck::Fallback { failed: Slot::B }
@@ -602,7 +615,10 @@ mod tests {
         assert_eq!(booted, Slot::A);
         assert_eq!(s.update_outcome(booted, Slot::B), UpdateOutcome::RolledBack);
         assert!(s.rollback(booted, Slot::B));
-        assert_eq!(s.check_booted(booted), BootCheck::Fallback { failed: Slot::B });
+        assert_eq!(
+            s.check_booted(booted),
+            BootCheck::Fallback { failed: Slot::B }
+        );
     }
 
     #[test]

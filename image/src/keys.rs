@@ -174,8 +174,8 @@ impl SigningKey {
         &self.public
     }
 
-    /// Signs `message`.
-    pub(crate) fn sign(&self, message: &[u8]) -> [u8; SIGNATURE_LEN] {
+    /// Signs `message` (a bundle writer signs the manifest bytes).
+    pub fn sign(&self, message: &[u8]) -> [u8; SIGNATURE_LEN] {
         let mut signature = [0; SIGNATURE_LEN];
         signature.copy_from_slice(self.pair.sign(message).as_ref());
         signature
@@ -247,17 +247,17 @@ mod tests {
         let line = key.public_key().to_line();
         assert!(line.starts_with("edge-ed25519 ") && line.ends_with('\n'));
         assert_eq!(line.lines().count(), 1);
-        assert_eq!(
-            PublicKey::parse(&line).expect("parses"),
-            *key.public_key()
-        );
+        assert_eq!(PublicKey::parse(&line).expect("parses"), *key.public_key());
     }
 
     #[test]
     fn public_key_line_with_wrong_id_or_shape_is_refused() {
         let key = SigningKey::generate().expect("keygen");
         let line = key.public_key().to_line();
-        let wrong_id = format!("{} 0000000000000000", line.rsplit_once(' ').expect("3 words").0);
+        let wrong_id = format!(
+            "{} 0000000000000000",
+            line.rsplit_once(' ').expect("3 words").0
+        );
         assert!(PublicKey::parse(&wrong_id).is_err());
         assert!(PublicKey::parse("edge-ed25519 AAAA 0000000000000000").is_err());
         assert!(PublicKey::parse(&format!("{} extra", line.trim())).is_err());

@@ -2,8 +2,8 @@
 //! splits of the byte stream, and every kind of hostile or corrupt input.
 
 use image::bundle::{
-    build_bundle, BundleReader, BundleSpec, Manifest, PayloadKind, PayloadStream,
-    PayloadVerifier, Step, HEADER_LEN, MAX_MANIFEST_LEN,
+    build_bundle, BundleReader, BundleSpec, Manifest, PayloadKind, PayloadStream, PayloadVerifier,
+    Step, HEADER_LEN, MAX_MANIFEST_LEN,
 };
 use image::keys::{PublicKey, SigningKey};
 use image::BundleError;
@@ -167,7 +167,10 @@ fn round_trip_gives_manifest_and_payloads() {
     assert_eq!(m.chunk_size(), CHUNK);
     assert_eq!(m.file_len(), f.bundle.len() as u64);
     let kernel = m.payload(PayloadKind::Kernel);
-    assert_eq!((kernel.size(), kernel.chunks().len()), (f.kernel.len() as u64, 3));
+    assert_eq!(
+        (kernel.size(), kernel.chunks().len()),
+        (f.kernel.len() as u64, 3)
+    );
     assert_eq!(kernel.offset() % 4096, 0);
     assert_eq!(m.payload(PayloadKind::Rootfs).chunks().len(), 6);
 }
@@ -194,7 +197,12 @@ fn random_splits_give_identical_outcomes() {
     let truncated = &f.bundle[..f.bundle.len() - 100];
 
     let mut rng = Rng(42);
-    for bundle in [&f.bundle[..], &corrupt_payload, &corrupt_manifest, truncated] {
+    for bundle in [
+        &f.bundle[..],
+        &corrupt_payload,
+        &corrupt_manifest,
+        truncated,
+    ] {
         let expected = whole(bundle, &trusted).settled();
         for round in 0..100 {
             let max = [1, 7, 100, 5000, 70_000][round % 5];
@@ -215,7 +223,9 @@ fn verified_counts_grow_by_whole_chunks() {
     let mut rest = &f.bundle[used..];
     let mut seen = Vec::new();
     while !rest.is_empty() {
-        let step = stream.handle_bytes(&rest[..rest.len().min(1000)]).expect("valid");
+        let step = stream
+            .handle_bytes(&rest[..rest.len().min(1000)])
+            .expect("valid");
         if let Step::Payload { kind, verified, .. } = step {
             let size = manifest.payload(kind).size();
             assert!(verified % u64::from(CHUNK) == 0 || verified == size);
@@ -265,7 +275,9 @@ fn unknown_key_is_its_own_error_and_comes_first() {
     let f = fixture();
     let stranger = SigningKey::generate().expect("keygen");
     let mut reader = BundleReader::new(&[stranger.public_key().clone()]);
-    let err = reader.handle_bytes(&f.bundle[..HEADER_LEN]).expect_err("unknown");
+    let err = reader
+        .handle_bytes(&f.bundle[..HEADER_LEN])
+        .expect_err("unknown");
     assert_eq!(err, BundleError::UnknownKey(f.key.public_key().id()));
     assert_eq!(reader.handle_bytes(&f.bundle[HEADER_LEN..]), Err(err));
     assert_eq!(reader.wanted(), 0);
@@ -291,7 +303,15 @@ fn truncation_anywhere_is_reported_as_truncated() {
     let f = fixture();
     let trusted = [f.key.public_key().clone()];
     let manifest_end = HEADER_LEN + f.bundle[12] as usize + 256 * f.bundle[13] as usize;
-    for len in [0, 10, HEADER_LEN, manifest_end - 1, manifest_end + 1, 4096, f.bundle.len() - 1] {
+    for len in [
+        0,
+        10,
+        HEADER_LEN,
+        manifest_end - 1,
+        manifest_end + 1,
+        4096,
+        f.bundle.len() - 1,
+    ] {
         let out = whole(&f.bundle[..len], &trusted);
         assert!(
             matches!(out.result, Err(BundleError::Truncated { missing }) if missing > 0),
@@ -317,7 +337,10 @@ fn tampered_payload_names_the_chunk() {
             index: 2
         })
     );
-    assert_eq!(out.payloads[0], f.kernel, "kernel was untouched and complete");
+    assert_eq!(
+        out.payloads[0], f.kernel,
+        "kernel was untouched and complete"
+    );
     assert_eq!(
         out.result.expect_err("mismatch").to_string(),
         "chunk 2 of payload rootfs does not match the manifest"
@@ -419,7 +442,10 @@ fn writer_refuses_what_the_box_would_refuse() {
         assert!(build_bundle(&spec, &key, b"k", b"r").is_err(), "{spec:?}");
     }
     let spec = BundleSpec::new("edge-qemu-aarch64", "1.0.0", 1);
-    assert!(build_bundle(&spec, &key, b"", b"r").is_err(), "empty kernel");
+    assert!(
+        build_bundle(&spec, &key, b"", b"r").is_err(),
+        "empty kernel"
+    );
 }
 
 /// Tiny chunks over a large payload need more digests than a manifest may hold.

@@ -31,8 +31,16 @@ fn mkenvimage(dir: &Path, vars: &[(&str, &str)], args: &[&str]) -> Vec<u8> {
 }
 
 const SAMPLES: [&[(&str, &str)]; 4] = [
-    &[("BOOT_ORDER", "A B"), ("BOOT_A_LEFT", "3"), ("BOOT_B_LEFT", "3")],
-    &[("BOOT_A_LEFT", "0"), ("BOOT_B_LEFT", "2"), ("BOOT_ORDER", "B A")],
+    &[
+        ("BOOT_ORDER", "A B"),
+        ("BOOT_A_LEFT", "3"),
+        ("BOOT_B_LEFT", "3"),
+    ],
+    &[
+        ("BOOT_A_LEFT", "0"),
+        ("BOOT_B_LEFT", "2"),
+        ("BOOT_ORDER", "B A"),
+    ],
     &[
         ("BOOT_ORDER", "B A"),
         ("fileaddr", "40400000"),
@@ -50,7 +58,10 @@ fn encode_matches_mkenvimage_with_nul_padding() {
     let dir = tempfile::tempdir().expect("tempdir");
     for vars in SAMPLES {
         let ours = env::encode_block(vars).expect("fits");
-        assert!(ours == mkenvimage(dir.path(), vars, &["-p", "0"]), "{vars:?}");
+        assert!(
+            ours == mkenvimage(dir.path(), vars, &["-p", "0"]),
+            "{vars:?}"
+        );
     }
 }
 

@@ -275,7 +275,9 @@ impl RawPayload {
         }
         let count = self.size.div_ceil(u64::from(chunk_size));
         if self.chunks.len() as u64 != count {
-            return Err(invalid("chunk digest count does not match size and chunk size"));
+            return Err(invalid(
+                "chunk digest count does not match size and chunk size",
+            ));
         }
         let chunks = self
             .chunks
@@ -307,14 +309,18 @@ fn check_compatible_string(value: &str) -> Result<(), BundleError> {
 
 fn check_version(value: &str) -> Result<(), BundleError> {
     if value.len() > MAX_VERSION_LEN || semver::Version::parse(value).is_err() {
-        return Err(invalid("version is not a semantic version of at most 64 bytes"));
+        return Err(invalid(
+            "version is not a semantic version of at most 64 bytes",
+        ));
     }
     Ok(())
 }
 
 fn check_chunk_size(size: u32) -> Result<(), BundleError> {
     if !(MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&size) || size % MIN_CHUNK_SIZE != 0 {
-        return Err(invalid("chunk_size is not a multiple of 4 KiB within 4 KiB..=64 MiB"));
+        return Err(invalid(
+            "chunk_size is not a multiple of 4 KiB within 4 KiB..=64 MiB",
+        ));
     }
     Ok(())
 }
@@ -404,10 +410,14 @@ mod tests {
             let payloads = json["payloads"].as_array_mut().expect("array");
             payloads.swap(0, 1);
         };
-        let cases: [(&dyn Fn(&mut Value), &str); 7] = [
+        type Mutation<'a> = &'a dyn Fn(&mut Value);
+        let cases: [(Mutation<'_>, &str); 7] = [
             (&swap, "exactly kernel and rootfs"),
             (&|j| j["payloads"][0]["size"] = json!(0), "size"),
-            (&|j| j["payloads"][0]["size"] = json!(4096), "chunk digest count"),
+            (
+                &|j| j["payloads"][0]["size"] = json!(4096),
+                "chunk digest count",
+            ),
             (&|j| j["payloads"][1]["offset"] = json!(16384), "offsets"),
             (&|j| j["payloads"][0]["offset"] = json!(0), "offsets"),
             (

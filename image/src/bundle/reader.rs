@@ -59,7 +59,8 @@ impl BundleReader {
                 return Ok(consumed);
             }
             let take = want.min(input.len() - consumed);
-            self.buf.extend_from_slice(&input[consumed..consumed + take]);
+            self.buf
+                .extend_from_slice(&input[consumed..consumed + take]);
             consumed += take;
             if self.wanted() == 0 {
                 self.advance();
@@ -109,9 +110,10 @@ impl BundleReader {
     fn step(&mut self, state: State, buf: &[u8]) -> Result<State, BundleError> {
         match state {
             State::Header => {
-                let bytes = <&[u8; HEADER_LEN]>::try_from(buf).map_err(|_| BundleError::Truncated {
-                    missing: HEADER_LEN.saturating_sub(buf.len()) as u64,
-                })?;
+                let bytes =
+                    <&[u8; HEADER_LEN]>::try_from(buf).map_err(|_| BundleError::Truncated {
+                        missing: HEADER_LEN.saturating_sub(buf.len()) as u64,
+                    })?;
                 let header = Header::parse(bytes)?;
                 let key = self
                     .trusted
