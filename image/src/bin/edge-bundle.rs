@@ -337,7 +337,7 @@ fn inspect(path: &Path) -> Result<()> {
     ];
     for p in manifest.payloads() {
         lines.push(format!(
-            "{:<17} offset {}, size {}, {} chunks, sha256 {}",
+            "{:<17} offset {}, size {}, chunks {}, sha256 {}",
             p.kind().name(),
             p.offset(),
             p.size(),

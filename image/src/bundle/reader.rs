@@ -1,6 +1,6 @@
 //! Sans-IO reader of the header and the signed manifest.
 
-use std::mem;
+use std::{fmt, mem};
 
 use super::{Header, Manifest, HEADER_LEN};
 use crate::error::BundleError;
@@ -20,7 +20,6 @@ use crate::keys::PublicKey;
 /// 4. only then the JSON is parsed and the manifest's rules are checked.
 ///
 /// An error is final: every later call returns it again.
-#[derive(Debug)]
 pub struct BundleReader {
     trusted: Vec<PublicKey>,
     buf: Vec<u8>,
@@ -33,6 +32,17 @@ enum State {
     Manifest { header: Header, key: PublicKey },
     Done(Manifest),
     Failed(BundleError),
+}
+
+/// Shows the stage and the bytes buffered, not the bytes themselves.
+impl fmt::Debug for BundleReader {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BundleReader")
+            .field("trusted", &self.trusted)
+            .field("buffered", &self.buf.len())
+            .field("state", &self.state)
+            .finish()
+    }
 }
 
 impl BundleReader {
