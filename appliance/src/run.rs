@@ -46,8 +46,15 @@ fn init_logging(filter: &str) {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_ansi(use_colour())
         .init();
+}
+
+/// Colour only on a terminal, and never when `NO_COLOR` is set
+/// (no-color.org): a serial console is a terminal that is read as a log.
+fn use_colour() -> bool {
+    std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+        && std::io::IsTerminal::is_terminal(&std::io::stderr())
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
@@ -81,7 +88,11 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         });
     }
     if let Some(acme) = config.tls.acme.clone() {
-        tokio::spawn(mux::acme::run(acme, Arc::clone(&store), Arc::clone(&metrics)));
+        tokio::spawn(mux::acme::run(
+            acme,
+            Arc::clone(&store),
+            Arc::clone(&metrics),
+        ));
     }
     if let Some(addr) = config.metrics.listen {
         let listener = tokio::net::TcpListener::bind(addr)
