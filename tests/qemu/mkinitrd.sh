@@ -1,64 +1,52 @@
 #!/usr/bin/env bash
-# Assembles the QEMU rig's initramfs: arm64 busybox with its applet links, the
-# few kernel modules the virt board's virtio devices need, the `edge` binary,
-# its development configuration and tests/qemu/init as /init.
+# Assembles the QEMU rig's initrd: arm64 busybox with its applet links, the
+# kernel modules Debian builds as modules but the box needs before and after
+# its root is mounted, and tests/qemu/initrd-init as /init. It goes into each
+# kernel slot beside the kernel; the production kernel needs none.
 #
-#   usage: tests/qemu/mkinitramfs.sh EDGE_BINARY OUTPUT.cpio.gz
+#   usage: tests/qemu/mkinitrd.sh OUTPUT.cpio.gz
 #
 # Needs the rig cache that `./dev deps` fills (.rig/cache) and, on the host,
 # cpio, gzip, modinfo (kmod) and qemu-aarch64-static.
 set -euo pipefail
 
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-readonly ROOT
-readonly HERE="$ROOT/tests/qemu"
-readonly CACHE="$ROOT/.rig/cache"
+# shellcheck source=tests/qemu/rig-lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/rig-lib.sh"
 
-# Modules to load at boot; their dependencies are found and loaded first.
-# virtio_pci: the virt board's PCIe devices; virtio_net: eth0;
-# virtio_rng: early entropy for TLS keys.
-readonly WANTED_MODULES=(virtio_pci virtio_net virtio_rng)
+# Modules to load at boot, in this order; their dependencies are found and
+# loaded first. They stay loaded after the switch to the root slot, which
+# therefore carries no modules of its own.
+#   virtio_pci: the virt board's PCIe devices; virtio_blk: the disk;
+#   virtio_net: eth0; virtio_rng: early entropy for TLS keys;
+#   squashfs: the root slots; ext4: the data partition, with crc32c, which
+#     ext4 asks for by name at mount time rather than as a dependency;
+#   vfat and its code pages: the boot partition (Debian's defaults are
+#     code page 437 and iocharset ascii; utf8 for names the partner types).
+readonly WANTED_MODULES=(
+    virtio_pci virtio_blk virtio_net virtio_rng
+    squashfs
+    crc32c_generic ext4
+    vfat nls_cp437 nls_ascii nls_utf8
+)
 
 main() {
-    [[ $# -eq 2 ]] || {
-        echo "usage: $0 EDGE_BINARY OUTPUT.cpio.gz" >&2
+    [[ $# -eq 1 ]] || {
+        echo "usage: $0 OUTPUT.cpio.gz" >&2
         exit 2
     }
-    local edge=$1 output=$2
-    [[ -x $edge ]] || die "no executable at $edge: run ./dev build"
-    [[ -f $CACHE/ready ]] || die "no rig cache in $CACHE: run ./dev deps"
+    local output=$1
+    require_rig_cache
 
     local staging="$output.root"
     rm -rf "$staging"
-    mkdir -p "$staging"/{bin,sbin,usr/bin,usr/sbin,etc/edge,dev,proc,sys,tmp,run,lib/modules/rig}
+    mkdir -p "$staging"/{bin,sbin,usr/bin,usr/sbin,dev,proc,sys,newroot,lib/modules/rig}
 
     install_busybox "$staging"
     install_modules "$staging/lib/modules/rig"
-    install -m 755 "$edge" "$staging/usr/bin/edge"
-    install -m 644 "$HERE/edge.toml" "$staging/etc/edge/edge.toml"
-    install -m 755 "$HERE/init" "$staging/init"
+    install -m 755 "$RIG_HERE/initrd-init" "$staging/init"
 
     pack "$staging" "$output"
     rm -rf "$staging"
-}
-
-die() {
-    echo "mkinitramfs: $*" >&2
-    exit 1
-}
-
-# The applet list comes from the arm64 busybox itself (run through qemu-user),
-# so the links match exactly the binary that ships.
-install_busybox() {
-    local staging=$1
-    install -m 755 "$CACHE/busybox" "$staging/bin/busybox"
-    local applet
-    while read -r applet; do
-        [[ $applet == bin/busybox ]] && continue
-        local depth=${applet//[^\/]/}
-        local up=${depth//\//../}
-        ln -sf "${up}bin/busybox" "$staging/$applet"
-    done < <(qemu-aarch64-static "$CACHE/busybox" --list-full)
 }
 
 # Copies the wanted modules and their dependencies into DEST and writes
@@ -68,8 +56,8 @@ install_busybox() {
 install_modules() {
     local dest=$1
     local version
-    version=$(<"$CACHE/kernel-version")
-    local tree="$CACHE/modules/$version"
+    version=$(<"$RIG_CACHE/kernel-version")
+    local tree="$RIG_CACHE/modules/$version"
 
     declare -gA MODULE_PATH=()
     declare -gA MODULE_SEEN=()

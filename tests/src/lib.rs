@@ -1,22 +1,27 @@
 //! Shared harness for the end-to-end tests of the `edge` binary.
 //!
 //! The tests in `tests/` exercise the real aarch64 build in two ways: directly
-//! under `qemu-aarch64-static` (cross_static.rs) and as the whole box booted in
-//! `qemu-system-aarch64` (qemu_smoke.rs). Both need the binary from
-//! `./dev build` and are `#[ignore]`d so that `cargo test --workspace` stays a
-//! host-only run; `./dev test` runs them with `--ignored`.
+//! under `qemu-aarch64-static` (cross_static.rs) and as the whole box: the
+//! disk image booted through U-Boot in `qemu-system-aarch64` (qemu_boot.rs,
+//! qemu_boot_chooser.rs). They need the binary from `./dev build` and are
+//! `#[ignore]`d so that `cargo test --workspace` stays a host-only run;
+//! `./dev test` runs them with `--ignored`.
 //!
 //! Everything here talks to the box from the host over 127.0.0.1 only.
 
 use std::net::{Ipv4Addr, TcpListener};
 use std::path::PathBuf;
 
+pub mod bootstate;
+pub mod disk;
 pub mod elf;
 pub mod https;
 pub mod process;
+pub mod rig;
 
 pub use https::{healthz, wait_healthy, Health};
 pub use process::{Console, ProcessGuard, ScratchDir};
+pub use rig::{FactoryDisk, RunningBox};
 
 /// The cross target the box runs on.
 pub const TARGET: &str = "aarch64-unknown-linux-musl";
@@ -41,6 +46,12 @@ pub enum Error {
     Console(String),
     #[error("process exited early ({0})")]
     Exited(std::process::ExitStatus),
+    #[error("command: {0}")]
+    Command(String),
+    #[error("disk image: {0}")]
+    Disk(String),
+    #[error("boot state: {0}")]
+    BootState(String),
 }
 
 /// The workspace root: this crate lives in `<root>/tests`.
@@ -80,7 +91,7 @@ mod tests {
     #[test]
     fn repo_root_holds_the_workspace_manifest() {
         assert!(repo_root().join("Cargo.toml").is_file());
-        assert!(repo_root().join("tests/qemu/init").is_file());
+        assert!(repo_root().join("tests/qemu/boot.sh").is_file());
     }
 
     #[test]

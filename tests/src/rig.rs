@@ -1,0 +1,188 @@
+//! The QEMU rig as the tests drive it: the factory disk image built once by
+//! tests/qemu/mkdisk.sh, a sparse copy per boot, and QEMU booting that copy
+//! through U-Boot (tests/qemu/boot.sh) with the serial console captured.
+//!
+//! The markers below are printed by the boot script (`edge-boot:`), the
+//! rig's initrd (`edge-rig:`) and the box's rcS and edge service
+//! (`edge-init:`), in that order.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::{edge_binary, free_port, repo_root, Console, Error, ProcessGuard};
+
+/// The boot script's choice: `edge-boot: chose slot A`.
+pub const CHOSE_SLOT: &str = "edge-boot: chose slot ";
+
+/// The counters after the choice, as the script is about to write them.
+pub const COUNTERS: &str = "edge-boot: BOOT_ORDER=";
+
+/// The initrd mounted the slot's root: `edge-rig: slot A, root rootfs_a (/dev/vda5)`.
+pub const ROOT_MOUNTED: &str = "edge-rig: slot ";
+
+/// rcS runs from the slot's root and shows the kernel command line.
+pub const INIT_CMDLINE: &str = "edge-init: kernel ";
+
+/// The edge service starts `edge run` with the configuration it picked.
+pub const EDGE_STARTING: &str = "edge-init: starting edge with ";
+
+/// Lines after which the box will not come up.
+pub const FATAL: &[&str] = &[
+    "did not boot; resetting",
+    "edge-rig: boot failed",
+    "edge-rig: insmod",
+    "edge-init: edge exited",
+    "Kernel panic",
+];
+
+/// From QEMU's launch to any one marker. Under TCG the whole boot takes
+/// seconds on an idle machine; the margin is for a loaded one.
+pub const MARKER_WITHIN: Duration = Duration::from_secs(120);
+
+/// The factory disk image, built from the current `edge` binary.
+#[derive(Debug)]
+pub struct FactoryDisk {
+    disk: PathBuf,
+}
+
+impl FactoryDisk {
+    /// Runs tests/qemu/mkdisk.sh into `dir` (created if missing, its
+    /// previous contents replaced).
+    pub fn build(dir: &Path) -> Result<Self, Error> {
+        let output = Command::new(repo_root().join("tests/qemu/mkdisk.sh"))
+            .arg(edge_binary())
+            .arg(dir)
+            .stdin(Stdio::null())
+            .output()?;
+        if !output.status.success() {
+            return Err(Error::Command(format!(
+                "tests/qemu/mkdisk.sh failed ({}): {}",
+                output.status,
+                String::from_utf8_lossy(&output.stderr)
+            )));
+        }
+        Ok(Self {
+            disk: dir.join("disk.img"),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.disk
+    }
+
+    /// A private copy at `dest` that a boot may write to. The image is
+    /// mostly holes; the copy keeps them (and shares blocks where the file
+    /// system can).
+    pub fn copy_to(&self, dest: &Path) -> Result<PathBuf, Error> {
+        let status = Command::new("cp")
+            .args(["--sparse=always", "--reflink=auto"])
+            .arg(&self.disk)
+            .arg(dest)
+            .status()?;
+        if !status.success() {
+            return Err(Error::Command(format!("cp of the disk image failed ({status})")));
+        }
+        Ok(dest.to_path_buf())
+    }
+}
+
+/// A box booting in QEMU: killed when dropped.
+#[derive(Debug)]
+pub struct RunningBox {
+    qemu: ProcessGuard,
+    console: Console,
+    port: u16,
+    launched: Instant,
+}
+
+impl RunningBox {
+    /// Boots `disk` through tests/qemu/boot.sh with a free host port
+    /// forwarded to the box's :443.
+    pub fn boot(disk: &Path) -> Result<Self, Error> {
+        let port = free_port()?;
+        let launched = Instant::now();
+        let child = Command::new(repo_root().join("tests/qemu/boot.sh"))
+            .arg(disk)
+            .env("EDGE_RIG_PORT", port.to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()?;
+        let mut qemu = ProcessGuard::new("qemu-system-aarch64", child);
+        let serial = qemu
+            .child_mut()
+            .stdout
+            .take()
+            .ok_or_else(|| Error::Console("QEMU's stdout was not piped".into()))?;
+        Ok(Self {
+            qemu,
+            console: Console::new(serial),
+            port,
+            launched,
+        })
+    }
+
+    /// The next console line containing `marker`, failing on a [`FATAL`]
+    /// line, on QEMU's exit, or after [`MARKER_WITHIN`].
+    pub fn wait_for(&self, marker: &str) -> Result<String, Error> {
+        self.console.wait_for(marker, FATAL, MARKER_WITHIN)
+    }
+
+    /// Like [`RunningBox::wait_for`], but panics with the console transcript:
+    /// what a test wants to see when the box does not get there.
+    pub fn expect_line(&self, marker: &str) -> String {
+        match self.wait_for(marker) {
+            Ok(line) => line,
+            Err(e) => panic!("{e}\n--- serial console ---\n{}", self.transcript()),
+        }
+    }
+
+    /// The box's :443 as reached from the host.
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from((Ipv4Addr::LOCALHOST, self.port))
+    }
+
+    /// Time since QEMU was launched.
+    pub fn uptime(&self) -> Duration {
+        self.launched.elapsed()
+    }
+
+    pub fn qemu(&mut self) -> &mut ProcessGuard {
+        &mut self.qemu
+    }
+
+    pub fn transcript(&self) -> String {
+        self.console.transcript()
+    }
+}
+
+/// The slot letter at the end of a [`CHOSE_SLOT`] line.
+pub fn chosen_slot(line: &str) -> Option<&str> {
+    line.split(CHOSE_SLOT).nth(1).map(str::trim)
+}
+
+/// The value of `key=` in a kernel command line shown in an [`INIT_CMDLINE`] line.
+pub fn cmdline_value<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    line.split_whitespace()
+        .find_map(|word| word.strip_prefix(key)?.strip_prefix('='))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_markers() {
+        assert_eq!(chosen_slot("edge-boot: chose slot B"), Some("B"));
+        assert_eq!(chosen_slot("edge-boot: chose slot B\r"), Some("B"));
+        assert_eq!(chosen_slot("something else"), None);
+
+        let line = "edge-init: kernel 6.1.0-57-arm64, command line: console=ttyAMA0 \
+                    panic=-1 quiet edge.slot=A root=PARTUUID=99b5 ro";
+        assert_eq!(cmdline_value(line, "edge.slot"), Some("A"));
+        assert_eq!(cmdline_value(line, "root"), Some("PARTUUID=99b5"));
+        assert_eq!(cmdline_value(line, "slot"), None);
+    }
+}

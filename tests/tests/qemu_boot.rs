@@ -1,0 +1,145 @@
+//! The factory disk image, booted the way a board boots it: U-Boot runs the
+//! boot script from the FAT partition, the script chooses slot A and counts
+//! the try on the bootstate partition, the kernel and the rig's initrd mount
+//! rootfs_a, and the slot's busybox init starts `edge` with the provisioning
+//! file from the boot partition. The host reaches the box's :443 through
+//! QEMU's forward on 127.0.0.1.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use edge_tests::rig::{chosen_slot, cmdline_value, CHOSE_SLOT, EDGE_STARTING, INIT_CMDLINE};
+use edge_tests::{bootstate, disk, wait_healthy, FactoryDisk, RunningBox, ScratchDir};
+
+/// From `edge run` being started to the first 200 on /healthz.
+const HEALTHY_WITHIN: Duration = Duration::from_secs(120);
+
+/// docs/image.md: labels in partition order, and sizes in MiB.
+const LAYOUT: [(&str, u64); 7] = [
+    ("boot", 32),
+    ("bootstate", 1),
+    ("kernel_a", 48),
+    ("kernel_b", 48),
+    ("rootfs_a", 64),
+    ("rootfs_b", 64),
+    ("data", 64),
+];
+
+fn factory() -> &'static FactoryDisk {
+    static DISK: OnceLock<FactoryDisk> = OnceLock::new();
+    DISK.get_or_init(|| {
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("rig-qemu-boot");
+        FactoryDisk::build(&dir).expect("build the factory disk image with tests/qemu/mkdisk.sh")
+    })
+}
+
+#[test]
+#[ignore = "needs the aarch64 build and the rig cache; run by ./dev test"]
+fn disk_layout_matches_the_image_contract() {
+    let image = factory().path();
+    let parts = disk::partitions(image).expect("read the GPT of the factory image");
+    let found: Vec<(u32, &str, u64)> = parts
+        .iter()
+        .map(|p| (p.number, p.name.as_str(), p.len() / (1024 * 1024)))
+        .collect();
+    let expected: Vec<(u32, &str, u64)> = LAYOUT
+        .iter()
+        .zip(1..)
+        .map(|((name, mib), number)| (number, *name, *mib))
+        .collect();
+    assert_eq!(found, expected, "partitions (number, label, MiB)");
+
+    // Distro boot scans the legacy-bootable partitions for boot.scr.
+    let bootable: Vec<&str> = parts
+        .iter()
+        .filter(|p| p.is_legacy_bootable())
+        .map(|p| p.name.as_str())
+        .collect();
+    assert_eq!(bootable, ["boot"], "legacy-bootable partitions");
+
+    for (copy, state) in bootstate::read_both(image)
+        .expect("read the boot state")
+        .into_iter()
+        .enumerate()
+    {
+        let vars = state.unwrap_or_else(|e| panic!("factory copy {copy}: {e}"));
+        assert_eq!(vars, bootstate::state_vars("A B", 3, 3), "factory copy {copy}");
+    }
+
+    let meta = std::fs::metadata(image).expect("stat the disk image");
+    eprintln!(
+        "disk image: {:.0} MiB, {:.1} MiB allocated",
+        meta.len() as f64 / 1048576.0,
+        (meta.blocks() * 512) as f64 / 1048576.0
+    );
+}
+
+#[test]
+#[ignore = "needs the aarch64 build and the rig cache; run by ./dev test"]
+fn factory_image_boots_slot_a_and_serves_healthz() {
+    let scratch = ScratchDir::new("qemu-boot").expect("scratch directory");
+    let image = factory()
+        .copy_to(&scratch.path().join("disk.img"))
+        .expect("copy the factory disk image");
+    let mut edge_box = RunningBox::boot(&image).expect("start QEMU through tests/qemu/boot.sh");
+
+    let chose = edge_box.expect_line(CHOSE_SLOT);
+    let chose_at = edge_box.uptime();
+    assert_eq!(chosen_slot(&chose), Some("A"), "{chose}");
+    let cmdline = edge_box.expect_line(INIT_CMDLINE);
+    assert_eq!(cmdline_value(&cmdline, "edge.slot"), Some("A"), "{cmdline}");
+    let starting = edge_box.expect_line(EDGE_STARTING);
+    let started_at = edge_box.uptime();
+    assert!(
+        starting.ends_with("/boot/edge.toml"),
+        "edge did not take the provisioning file from the boot partition: {starting}"
+    );
+
+    let addr = edge_box.addr();
+    let (health, _) = match wait_healthy(addr, HEALTHY_WITHIN, edge_box.qemu()) {
+        Ok(answer) => answer,
+        Err(e) => panic!(
+            "the box never became healthy: {e}\n--- serial console ---\n{}",
+            edge_box.transcript()
+        ),
+    };
+    let healthy_at = edge_box.uptime();
+    assert_eq!(health.status, 200);
+    assert_eq!(&health.body[..], b"ok", "body of /healthz");
+    assert!(
+        !health.certificates.is_empty(),
+        "the box presented no certificate"
+    );
+
+    let transcript = edge_box.transcript();
+    for mounted in ["mounted boot (/dev/vda1) on /boot", "mounted data (/dev/vda7) on /data"] {
+        assert!(
+            transcript.contains(mounted),
+            "no {mounted:?}\n--- serial console ---\n{transcript}"
+        );
+    }
+
+    // The boot script counted the try before the kernel started; nothing
+    // marks the slot good yet, so the count stays. QEMU is gone once the box
+    // is dropped, and what it wrote is in the file.
+    drop(edge_box);
+    for (copy, state) in bootstate::read_both(&image)
+        .expect("read the boot state after the boot")
+        .into_iter()
+        .enumerate()
+    {
+        let vars = state.unwrap_or_else(|e| panic!("copy {copy} after the boot: {e}"));
+        assert_eq!(vars, bootstate::state_vars("A B", 2, 3), "copy {copy}");
+    }
+
+    eprintln!(
+        "qemu image: U-Boot chose slot A {:.2} s, edge started {:.2} s and healthy {:.2} s \
+         after QEMU was launched ({:?})",
+        chose_at.as_secs_f64(),
+        started_at.as_secs_f64(),
+        healthy_at.as_secs_f64(),
+        health.protocol
+    );
+}
