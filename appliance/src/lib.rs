@@ -4,3 +4,4 @@
 pub mod config;
 pub mod https;
 pub mod run;
+pub mod update;

@@ -86,7 +86,8 @@ impl PayloadKind {
         }
     }
 
-    fn index(self) -> usize {
+    /// Position in the bundle and in [`PayloadKind::ALL`]: kernel 0, rootfs 1.
+    pub fn index(self) -> usize {
         match self {
             PayloadKind::Kernel => 0,
             PayloadKind::Rootfs => 1,

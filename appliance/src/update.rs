@@ -1,0 +1,349 @@
+//! Installing an update bundle into the inactive slot.
+//!
+//! The formats and their checks are the `image` crate's (sans-IO); this is
+//! the blocking shell around them: it finds the slot partitions, streams a
+//! bundle into the inactive slot while every chunk is checked, reads the slot
+//! back and verifies it whole, and only then switches the boot state. Until
+//! that last write, the running slot and the boot order are untouched, so a
+//! refused, tampered or interrupted install leaves the box as it was.
+//!
+//! Not here yet: downloading over HTTPS with resume, polling a channel,
+//! mark-good after the health check, and rebooting; see docs/update.md.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use image::bootstate::{self, BootState, Slot, AREA_LEN};
+use image::bundle::{BundleReader, Manifest, PayloadKind, PayloadStream, PayloadVerifier, Step};
+use image::keys::PublicKey;
+use image::{BootStateError, BundleError};
+
+/// GPT labels of the partitions the updater touches (docs/image.md).
+const BOOTSTATE_LABEL: &str = "bootstate";
+
+/// Bytes read from a bundle or a slot at a time.
+const READ_SIZE: usize = 256 * 1024;
+
+/// Why an install or a boot state access failed.
+#[derive(Debug, thiserror::Error)]
+pub enum UpdateError {
+    /// The bundle is refused: bad signature, unknown key, tampered or
+    /// truncated payload, wrong target, too old a security version.
+    #[error("bundle refused: {0}")]
+    Bundle(#[from] BundleError),
+    /// The boot state could not be encoded.
+    #[error("boot state: {0}")]
+    BootState(#[from] BootStateError),
+    /// A partition the layout requires is missing.
+    #[error("no partition labelled {0}")]
+    MissingPartition(String),
+    /// A payload is larger than the partition it goes to.
+    #[error("{payload} payload is {size} bytes, partition {partition} holds {capacity}")]
+    TooLarge {
+        /// `kernel` or `rootfs`.
+        payload: &'static str,
+        /// Bytes of the payload.
+        size: u64,
+        /// The partition.
+        partition: String,
+        /// Bytes the partition holds.
+        capacity: u64,
+    },
+    /// Another install holds the lock.
+    #[error("an update is already running")]
+    Busy,
+    /// The running slot is not known (no `edge.slot=` on the kernel command line).
+    #[error("the running slot is unknown")]
+    UnknownSlot,
+    /// Reading or writing a partition or the bundle failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The cause.
+        source: io::Error,
+    },
+}
+
+fn io_error(what: impl Into<String>) -> impl FnOnce(io::Error) -> UpdateError {
+    let what = what.into();
+    move |source| UpdateError::Io { what, source }
+}
+
+/// The partitions of both slots and the boot state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Partitions {
+    /// The raw boot state partition.
+    pub bootstate: PathBuf,
+    /// `kernel_a`, `kernel_b`.
+    pub kernel: [PathBuf; 2],
+    /// `rootfs_a`, `rootfs_b`.
+    pub rootfs: [PathBuf; 2],
+}
+
+impl Partitions {
+    /// Finds the partitions by GPT label: `sys` is normally `/sys`, `dev`
+    /// normally `/dev`. A partition's `uevent` names it (`PARTNAME=`) and its
+    /// device node (`DEVNAME=`).
+    pub fn discover(sys: &Path, dev: &Path) -> Result<Self, UpdateError> {
+        let labels = read_labels(&sys.join("class/block"))?;
+        let find = |label: &str| {
+            labels
+                .iter()
+                .find(|(name, _)| name == label)
+                .map(|(_, node)| dev.join(node))
+                .ok_or_else(|| UpdateError::MissingPartition(label.to_owned()))
+        };
+        Ok(Self {
+            bootstate: find(BOOTSTATE_LABEL)?,
+            kernel: [find("kernel_a")?, find("kernel_b")?],
+            rootfs: [find("rootfs_a")?, find("rootfs_b")?],
+        })
+    }
+
+    fn payload_target(&self, kind: PayloadKind, slot: Slot) -> &Path {
+        let index = slot_index(slot);
+        match kind {
+            PayloadKind::Kernel => &self.kernel[index],
+            PayloadKind::Rootfs => &self.rootfs[index],
+        }
+    }
+}
+
+fn slot_index(slot: Slot) -> usize {
+    match slot {
+        Slot::A => 0,
+        Slot::B => 1,
+    }
+}
+
+/// `(PARTNAME, DEVNAME)` of every block device under `class_block`.
+fn read_labels(class_block: &Path) -> Result<Vec<(String, String)>, UpdateError> {
+    let entries = std::fs::read_dir(class_block)
+        .map_err(io_error(format!("listing {}", class_block.display())))?;
+    let mut labels = Vec::new();
+    for entry in entries.flatten() {
+        let Ok(uevent) = std::fs::read_to_string(entry.path().join("uevent")) else {
+            continue;
+        };
+        let field = |key: &str| {
+            uevent
+                .lines()
+                .find_map(|line| line.strip_prefix(key)?.strip_prefix('='))
+                .map(str::to_owned)
+        };
+        if let (Some(label), Some(node)) = (field("PARTNAME"), field("DEVNAME")) {
+            labels.push((label, node));
+        }
+    }
+    Ok(labels)
+}
+
+/// The slot the kernel was booted from: `edge.slot=A` on its command line.
+pub fn booted_slot(cmdline: &str) -> Option<Slot> {
+    cmdline
+        .split_whitespace()
+        .find_map(|arg| arg.strip_prefix("edge.slot="))
+        .and_then(|slot| slot.parse().ok())
+}
+
+/// Reads the boot state as the boot script does (copy 0, copy 1, defaults).
+pub fn read_boot_state(partition: &Path) -> Result<bootstate::Loaded, UpdateError> {
+    let mut area = vec![0u8; AREA_LEN];
+    let mut file =
+        File::open(partition).map_err(io_error(format!("opening {}", partition.display())))?;
+    let mut filled = 0;
+    while filled < area.len() {
+        let n = file
+            .read(&mut area[filled..])
+            .map_err(io_error("reading the boot state"))?;
+        if n == 0 {
+            break;
+        }
+        filled += n;
+    }
+    area.truncate(filled);
+    Ok(bootstate::read_area(&area))
+}
+
+/// Writes the boot state: copy 0, flushed to the medium, then copy 1, so a
+/// power cut at any moment leaves at least one valid copy.
+pub fn write_boot_state(partition: &Path, state: &BootState) -> Result<(), UpdateError> {
+    let mut file = OpenOptions::new()
+        .write(true)
+        .open(partition)
+        .map_err(io_error(format!("opening {}", partition.display())))?;
+    for (offset, block) in bootstate::write_plan(state)? {
+        file.seek(SeekFrom::Start(offset))
+            .and_then(|_| file.write_all(&block))
+            .and_then(|_| file.sync_data())
+            .map_err(io_error("writing the boot state"))?;
+    }
+    Ok(())
+}
+
+/// What an install needs to know besides the bundle.
+#[derive(Debug, Clone)]
+pub struct InstallPolicy<'a> {
+    /// Keys whose signatures are accepted.
+    pub trusted: &'a [PublicKey],
+    /// This box's compatibility string.
+    pub compatible: &'a str,
+    /// Security version of the installed software; lower bundles are refused.
+    pub installed_security_version: u64,
+}
+
+/// An install that completed: the slot now first in the boot order.
+#[derive(Debug)]
+pub struct Installed {
+    /// The verified manifest.
+    pub manifest: Manifest,
+    /// The slot written, now first in `BOOT_ORDER` with full tries.
+    pub slot: Slot,
+}
+
+/// Installs the bundle read from `source` into the slot that is not
+/// `booted`, then makes it the next to boot.
+///
+/// Holds an exclusive lock on the boot state partition for the whole
+/// install, so two installs cannot interleave.
+pub fn install(
+    source: &mut impl Read,
+    policy: &InstallPolicy<'_>,
+    partitions: &Partitions,
+    booted: Slot,
+) -> Result<Installed, UpdateError> {
+    let lock = File::open(&partitions.bootstate).map_err(io_error(format!(
+        "opening {}",
+        partitions.bootstate.display()
+    )))?;
+    lock.try_lock().map_err(|_| UpdateError::Busy)?;
+
+    let manifest = read_manifest(source, policy.trusted)?;
+    manifest.check_installable(policy.compatible, policy.installed_security_version)?;
+    let target = booted.other();
+    let mut targets = open_targets(&manifest, partitions, target)?;
+
+    stream_payloads(source, &manifest, &mut targets)?;
+    for file in &targets {
+        file.sync_all().map_err(io_error("flushing the slot"))?;
+    }
+    for kind in PayloadKind::ALL {
+        verify_written(&manifest, kind, &mut targets[kind.index()])?;
+    }
+
+    let state = read_boot_state(&partitions.bootstate)?.state;
+    write_boot_state(&partitions.bootstate, &state.switch_to(target))?;
+    Ok(Installed {
+        manifest,
+        slot: target,
+    })
+}
+
+/// Reads exactly the header and manifest, verified against `trusted`.
+fn read_manifest(source: &mut impl Read, trusted: &[PublicKey]) -> Result<Manifest, UpdateError> {
+    let mut reader = BundleReader::new(trusted);
+    let mut buf = vec![0u8; 64 * 1024];
+    while reader.wanted() > 0 {
+        let want = reader.wanted().min(buf.len());
+        let n = source
+            .read(&mut buf[..want])
+            .map_err(io_error("reading the bundle"))?;
+        if n == 0 {
+            break;
+        }
+        reader.handle_bytes(&buf[..n])?;
+    }
+    Ok(reader.into_manifest()?)
+}
+
+/// Opens the target slot's partitions and checks the payloads fit.
+fn open_targets(
+    manifest: &Manifest,
+    partitions: &Partitions,
+    target: Slot,
+) -> Result<[File; 2], UpdateError> {
+    let open = |kind: PayloadKind| {
+        let path = partitions.payload_target(kind, target);
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(io_error(format!("opening {}", path.display())))?;
+        let capacity = file
+            .seek(SeekFrom::End(0))
+            .map_err(io_error(format!("sizing {}", path.display())))?;
+        let size = manifest.payload(kind).size();
+        if size > capacity {
+            return Err(UpdateError::TooLarge {
+                payload: kind.name(),
+                size,
+                partition: path.display().to_string(),
+                capacity,
+            });
+        }
+        Ok(file)
+    };
+    Ok([open(PayloadKind::Kernel)?, open(PayloadKind::Rootfs)?])
+}
+
+/// Streams the payloads into the target partitions; every chunk is checked
+/// as it completes, and the first bad one ends the install.
+fn stream_payloads(
+    source: &mut impl Read,
+    manifest: &Manifest,
+    targets: &mut [File; 2],
+) -> Result<(), UpdateError> {
+    let mut stream = PayloadStream::new(manifest);
+    let mut buf = vec![0u8; READ_SIZE];
+    while stream.remaining() > 0 {
+        let n = source
+            .read(&mut buf)
+            .map_err(io_error("reading the bundle"))?;
+        if n == 0 {
+            break;
+        }
+        let mut input = &buf[..n];
+        while !input.is_empty() {
+            let step = stream.handle_bytes(input)?;
+            if let Step::Payload {
+                kind, offset, len, ..
+            } = step
+            {
+                let file = &mut targets[kind.index()];
+                file.seek(SeekFrom::Start(offset))
+                    .and_then(|_| file.write_all(&input[..len]))
+                    .map_err(io_error(format!("writing the {} payload", kind.name())))?;
+            }
+            input = &input[step.len()..];
+        }
+    }
+    Ok(stream.finish()?)
+}
+
+/// Reads a written payload back from its partition and checks it whole.
+fn verify_written(
+    manifest: &Manifest,
+    kind: PayloadKind,
+    file: &mut File,
+) -> Result<(), UpdateError> {
+    let mut verifier = PayloadVerifier::new(manifest, kind);
+    let mut left = manifest.payload(kind).size();
+    let mut buf = vec![0u8; READ_SIZE];
+    file.seek(SeekFrom::Start(0))
+        .map_err(io_error("rewinding the slot"))?;
+    while left > 0 {
+        let want = usize::try_from(left).unwrap_or(usize::MAX).min(buf.len());
+        let n = file.read(&mut buf[..want]).map_err(io_error(format!(
+            "reading back the {} payload",
+            kind.name()
+        )))?;
+        if n == 0 {
+            break;
+        }
+        verifier.handle_bytes(&buf[..n])?;
+        left -= n as u64;
+    }
+    Ok(verifier.finish()?)
+}

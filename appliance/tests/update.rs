@@ -1,0 +1,243 @@
+//! Installing bundles into slot partitions, here plain files in a temporary
+//! directory laid out like the box's disk: a good bundle switches the boot
+//! order, every refused one leaves the running slot and the boot state as
+//! they were.
+
+use std::fs::{self, File};
+use std::path::{Path, PathBuf};
+
+use appliance::update::{
+    booted_slot, install, read_boot_state, write_boot_state, InstallPolicy, Partitions, UpdateError,
+};
+use image::bootstate::{BootState, Slot};
+use image::bundle::{build_bundle, BundleSpec};
+use image::keys::SigningKey;
+use image::BundleError;
+
+const COMPATIBLE: &str = "edge-test-aarch64";
+const PARTITION_LEN: u64 = 256 * 1024;
+
+/// A disk of files, with the running slot A filled with a marker.
+struct Disk {
+    dir: PathBuf,
+    partitions: Partitions,
+}
+
+impl Disk {
+    fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("edge-update-{}-{name}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).expect("temp dir");
+        let part = |label: &str| {
+            let path = dir.join(label);
+            File::create(&path)
+                .and_then(|f| f.set_len(PARTITION_LEN))
+                .expect("partition file");
+            path
+        };
+        let partitions = Partitions {
+            bootstate: part("bootstate"),
+            kernel: [part("kernel_a"), part("kernel_b")],
+            rootfs: [part("rootfs_a"), part("rootfs_b")],
+        };
+        fs::write(&partitions.kernel[0], b"running kernel").expect("write");
+        fs::write(&partitions.rootfs[0], b"running rootfs").expect("write");
+        write_boot_state(&partitions.bootstate, &BootState::default()).expect("boot state");
+        Self { dir, partitions }
+    }
+
+    fn snapshot(&self) -> Vec<Vec<u8>> {
+        [
+            &self.partitions.bootstate,
+            &self.partitions.kernel[0],
+            &self.partitions.rootfs[0],
+        ]
+        .iter()
+        .map(|p| fs::read(p).expect("read"))
+        .collect()
+    }
+}
+
+impl Drop for Disk {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn payloads() -> (Vec<u8>, Vec<u8>) {
+    let kernel: Vec<u8> = (0..40_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let rootfs: Vec<u8> = (0..150_000u32).map(|i| (i * 13 % 241) as u8).collect();
+    (kernel, rootfs)
+}
+
+fn bundle(key: &SigningKey, compatible: &str, security_version: u64) -> Vec<u8> {
+    let (kernel, rootfs) = payloads();
+    let mut spec = BundleSpec::new(compatible, "1.2.3", security_version);
+    spec.chunk_size = 4096;
+    build_bundle(&spec, key, &kernel, &rootfs).expect("bundle")
+}
+
+fn run(disk: &Disk, key: &SigningKey, bytes: &[u8]) -> Result<Slot, UpdateError> {
+    let trusted = [key.public_key().clone()];
+    let policy = InstallPolicy {
+        trusted: &trusted,
+        compatible: COMPATIBLE,
+        installed_security_version: 5,
+    };
+    install(&mut &bytes[..], &policy, &disk.partitions, Slot::A).map(|done| done.slot)
+}
+
+fn starts_with_file(path: &Path, expected: &[u8]) -> bool {
+    fs::read(path).expect("read").starts_with(expected)
+}
+
+#[test]
+fn a_good_bundle_fills_the_other_slot_and_boots_it_next() {
+    let disk = Disk::new("good");
+    let key = SigningKey::generate().expect("key");
+    let slot = run(&disk, &key, &bundle(&key, COMPATIBLE, 6)).expect("installed");
+    assert_eq!(slot, Slot::B);
+
+    let (kernel, rootfs) = payloads();
+    assert!(starts_with_file(&disk.partitions.kernel[1], &kernel));
+    assert!(starts_with_file(&disk.partitions.rootfs[1], &rootfs));
+    assert!(starts_with_file(
+        &disk.partitions.kernel[0],
+        b"running kernel"
+    ));
+    let loaded = read_boot_state(&disk.partitions.bootstate).expect("boot state");
+    assert_eq!(loaded.state.primary(), Slot::B);
+    assert_eq!(loaded.state.tries_left(Slot::B), 3);
+    assert!(loaded.copies_agree);
+}
+
+#[test]
+fn refused_bundles_change_nothing_that_boots() {
+    let disk = Disk::new("refused");
+    let key = SigningKey::generate().expect("key");
+    let stranger = SigningKey::generate().expect("key");
+    let good = bundle(&key, COMPATIBLE, 6);
+    let before = disk.snapshot();
+
+    let mut tampered = good.clone();
+    let last = tampered.len() - 100;
+    tampered[last] ^= 0x01;
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("tampered payload", tampered),
+        ("truncated", good[..good.len() - 5000].to_vec()),
+        ("unknown key", bundle(&stranger, COMPATIBLE, 6)),
+        ("other target", bundle(&key, "edge-other-board", 6)),
+        ("older security version", bundle(&key, COMPATIBLE, 4)),
+        ("not a bundle", b"<html>not found</html>".to_vec()),
+    ];
+    for (what, bytes) in cases {
+        let err = run(&disk, &key, &bytes).expect_err(what);
+        assert!(
+            matches!(err, UpdateError::Bundle(_)),
+            "{what}: unexpected error {err}"
+        );
+        assert_eq!(disk.snapshot(), before, "{what} changed the running system");
+    }
+}
+
+#[test]
+fn an_unknown_key_is_refused_before_anything_is_written() {
+    let disk = Disk::new("unknown-key");
+    let key = SigningKey::generate().expect("key");
+    let stranger = SigningKey::generate().expect("key");
+    let err = run(&disk, &key, &bundle(&stranger, COMPATIBLE, 6)).expect_err("refused");
+    assert!(
+        matches!(err, UpdateError::Bundle(BundleError::UnknownKey { .. })),
+        "{err}"
+    );
+    let untouched = fs::read(&disk.partitions.rootfs[1]).expect("read");
+    assert!(
+        untouched.iter().all(|&b| b == 0),
+        "the inactive slot was written"
+    );
+}
+
+#[test]
+fn a_slot_too_small_is_refused() {
+    let disk = Disk::new("small");
+    File::options()
+        .write(true)
+        .open(&disk.partitions.rootfs[1])
+        .and_then(|f| f.set_len(1000))
+        .expect("shrink");
+    let key = SigningKey::generate().expect("key");
+    let err = run(&disk, &key, &bundle(&key, COMPATIBLE, 6)).expect_err("too small");
+    assert!(matches!(err, UpdateError::TooLarge { .. }), "{err}");
+}
+
+#[test]
+fn a_second_install_while_one_runs_is_refused() {
+    let disk = Disk::new("busy");
+    let held = File::open(&disk.partitions.bootstate).expect("open");
+    held.lock().expect("lock");
+    let key = SigningKey::generate().expect("key");
+    let err = run(&disk, &key, &bundle(&key, COMPATIBLE, 6)).expect_err("busy");
+    assert!(matches!(err, UpdateError::Busy), "{err}");
+}
+
+#[test]
+fn the_boot_state_survives_a_torn_first_copy() {
+    let disk = Disk::new("torn");
+    let state = BootState::default().switch_to(Slot::B);
+    write_boot_state(&disk.partitions.bootstate, &state).expect("write");
+    // A power cut in the middle of the next write of copy 0.
+    let mut area = fs::read(&disk.partitions.bootstate).expect("read");
+    area[100..4000].fill(0xa5);
+    fs::write(&disk.partitions.bootstate, &area).expect("write");
+    let loaded = read_boot_state(&disk.partitions.bootstate).expect("read");
+    assert_eq!(loaded.state, state);
+    assert!(loaded.needs_repair());
+}
+
+#[test]
+fn partitions_are_found_by_label() {
+    let root = std::env::temp_dir().join(format!("edge-sysfs-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&root);
+    let labels = [
+        ("vda1", "boot"),
+        ("vda2", "bootstate"),
+        ("vda3", "kernel_a"),
+        ("vda4", "kernel_b"),
+        ("vda5", "rootfs_a"),
+        ("vda6", "rootfs_b"),
+        ("vda7", "data"),
+    ];
+    for (node, label) in labels {
+        let dir = root.join("sys/class/block").join(node);
+        fs::create_dir_all(&dir).expect("dir");
+        let uevent =
+            format!("MAJOR=254\nMINOR=1\nDEVNAME={node}\nDEVTYPE=partition\nPARTNAME={label}\n");
+        fs::write(dir.join("uevent"), uevent).expect("uevent");
+    }
+    fs::create_dir_all(root.join("sys/class/block/vda")).expect("disk");
+    fs::write(
+        root.join("sys/class/block/vda/uevent"),
+        "DEVNAME=vda\nDEVTYPE=disk\n",
+    )
+    .expect("uevent");
+
+    let found = Partitions::discover(&root.join("sys"), Path::new("/dev")).expect("found");
+    assert_eq!(found.bootstate, Path::new("/dev/vda2"));
+    assert_eq!(found.kernel[1], Path::new("/dev/vda4"));
+    assert_eq!(found.rootfs[0], Path::new("/dev/vda5"));
+
+    fs::remove_dir_all(root.join("sys/class/block/vda6")).expect("remove");
+    let err = Partitions::discover(&root.join("sys"), Path::new("/dev")).expect_err("missing");
+    assert!(err.to_string().contains("rootfs_b"), "{err}");
+    let _ = fs::remove_dir_all(&root);
+}
+
+#[test]
+fn the_booted_slot_comes_from_the_kernel_command_line() {
+    assert_eq!(
+        booted_slot("console=ttyAMA0 edge.slot=B panic=-1"),
+        Some(Slot::B)
+    );
+    assert_eq!(booted_slot("console=ttyAMA0"), None);
+    assert_eq!(booted_slot("edge.slot=C"), None);
+}
