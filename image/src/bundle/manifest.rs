@@ -317,7 +317,7 @@ fn check_version(value: &str) -> Result<(), BundleError> {
 }
 
 fn check_chunk_size(size: u32) -> Result<(), BundleError> {
-    if !(MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&size) || size % MIN_CHUNK_SIZE != 0 {
+    if !(MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&size) || !size.is_multiple_of(MIN_CHUNK_SIZE) {
         return Err(invalid(
             "chunk_size is not a multiple of 4 KiB within 4 KiB..=64 MiB",
         ));
