@@ -1,5 +1,8 @@
 # Shared by the rig's shell scripts (sourced, not run): where things are and
 # how busybox is installed into a tree.
+# shellcheck shell=bash
+# The readonly paths are used by the scripts that source this file.
+# shellcheck disable=SC2034
 
 RIG_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 readonly RIG_ROOT

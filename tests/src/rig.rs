@@ -82,7 +82,9 @@ impl FactoryDisk {
             .arg(dest)
             .status()?;
         if !status.success() {
-            return Err(Error::Command(format!("cp of the disk image failed ({status})")));
+            return Err(Error::Command(format!(
+                "cp of the disk image failed ({status})"
+            )));
         }
         Ok(dest.to_path_buf())
     }

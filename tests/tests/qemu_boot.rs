@@ -6,12 +6,11 @@
 //! QEMU's forward on 127.0.0.1.
 
 use std::os::unix::fs::MetadataExt;
-use std::path::Path;
 use std::sync::OnceLock;
 use std::time::Duration;
 
 use edge_tests::rig::{chosen_slot, cmdline_value, CHOSE_SLOT, EDGE_STARTING, INIT_CMDLINE};
-use edge_tests::{bootstate, disk, wait_healthy, FactoryDisk, RunningBox, ScratchDir};
+use edge_tests::{bootstate, disk, repo_root, wait_healthy, FactoryDisk, RunningBox, ScratchDir};
 
 /// From `edge run` being started to the first 200 on /healthz.
 const HEALTHY_WITHIN: Duration = Duration::from_secs(120);
@@ -30,7 +29,7 @@ const LAYOUT: [(&str, u64); 7] = [
 fn factory() -> &'static FactoryDisk {
     static DISK: OnceLock<FactoryDisk> = OnceLock::new();
     DISK.get_or_init(|| {
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("rig-qemu-boot");
+        let dir = repo_root().join(".rig/tests/qemu-boot");
         FactoryDisk::build(&dir).expect("build the factory disk image with tests/qemu/mkdisk.sh")
     })
 }
@@ -65,7 +64,11 @@ fn disk_layout_matches_the_image_contract() {
         .enumerate()
     {
         let vars = state.unwrap_or_else(|e| panic!("factory copy {copy}: {e}"));
-        assert_eq!(vars, bootstate::state_vars("A B", 3, 3), "factory copy {copy}");
+        assert_eq!(
+            vars,
+            bootstate::state_vars("A B", 3, 3),
+            "factory copy {copy}"
+        );
     }
 
     let meta = std::fs::metadata(image).expect("stat the disk image");
@@ -114,7 +117,10 @@ fn factory_image_boots_slot_a_and_serves_healthz() {
     );
 
     let transcript = edge_box.transcript();
-    for mounted in ["mounted boot (/dev/vda1) on /boot", "mounted data (/dev/vda7) on /data"] {
+    for mounted in [
+        "mounted boot (/dev/vda1) on /boot",
+        "mounted data (/dev/vda7) on /data",
+    ] {
         assert!(
             transcript.contains(mounted),
             "no {mounted:?}\n--- serial console ---\n{transcript}"

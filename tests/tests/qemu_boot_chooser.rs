@@ -3,17 +3,16 @@
 //! U-Boot until the chosen slot's own init runs, and checks the slot the
 //! script chose, the slot the kernel was told, and the state written back.
 
-use std::path::Path;
 use std::sync::OnceLock;
 
 use edge_tests::bootstate::{self, encode_state, state_vars, Vars};
 use edge_tests::rig::{chosen_slot, cmdline_value, CHOSE_SLOT, INIT_CMDLINE, ROOT_MOUNTED};
-use edge_tests::{FactoryDisk, RunningBox, ScratchDir};
+use edge_tests::{repo_root, FactoryDisk, RunningBox, ScratchDir};
 
 fn factory() -> &'static FactoryDisk {
     static DISK: OnceLock<FactoryDisk> = OnceLock::new();
     DISK.get_or_init(|| {
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("rig-qemu-boot-chooser");
+        let dir = repo_root().join(".rig/tests/qemu-boot-chooser");
         FactoryDisk::build(&dir).expect("build the factory disk image with tests/qemu/mkdisk.sh")
     })
 }
@@ -52,7 +51,9 @@ fn boot_with(label: &str, copy0: &[u8], copy1: &[u8]) -> Outcome {
     let after = bootstate::read_both(&image)
         .expect("read the boot state after the boot")
         .map(|copy| {
-            copy.unwrap_or_else(|e| panic!("{e} after the boot\n--- serial console ---\n{transcript}"))
+            copy.unwrap_or_else(|e| {
+                panic!("{e} after the boot\n--- serial console ---\n{transcript}")
+            })
         });
     Outcome {
         chosen: chosen_slot(&chose).unwrap_or_default().to_string(),
