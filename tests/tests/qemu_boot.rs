@@ -6,6 +6,7 @@
 //! QEMU's forward on 127.0.0.1.
 
 use std::os::unix::fs::MetadataExt;
+use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -139,6 +140,20 @@ fn factory_image_boots_slot_a_and_serves_healthz() {
         let vars = state.unwrap_or_else(|e| panic!("copy {copy} after the boot: {e}"));
         assert_eq!(vars, bootstate::state_vars("A B", 2, 3), "copy {copy}");
     }
+    // Byte for byte what mkenvimage makes of the same variables: U-Boot's
+    // export pads with NULs and takes the CRC over the whole 16 KiB block,
+    // so the factory image and the boot script write the same format.
+    let expected = mkenvimage(
+        &scratch,
+        &["BOOT_A_LEFT=2", "BOOT_B_LEFT=3", "BOOT_ORDER=A B"],
+    );
+    for copy in 0..2 {
+        let written = bootstate::read_copy(&image, copy).expect("read a boot state copy");
+        assert!(
+            written == expected,
+            "copy {copy} differs from mkenvimage's block"
+        );
+    }
 
     eprintln!(
         "qemu image: U-Boot chose slot A {:.2} s, edge started {:.2} s and healthy {:.2} s \
@@ -148,4 +163,20 @@ fn factory_image_boots_slot_a_and_serves_healthz() {
         healthy_at.as_secs_f64(),
         health.protocol
     );
+}
+
+/// `mkenvimage -s 0x4000 -p 0x00` of `vars` (u-boot-tools), as the factory
+/// image's boot state is made.
+fn mkenvimage(scratch: &ScratchDir, vars: &[&str]) -> Vec<u8> {
+    let text = scratch.path().join("env.txt");
+    let block = scratch.path().join("env.bin");
+    std::fs::write(&text, vars.join("\n") + "\n").expect("write the variables");
+    let status = Command::new("mkenvimage")
+        .args(["-s", "0x4000", "-p", "0x00", "-o"])
+        .arg(&block)
+        .arg(&text)
+        .status()
+        .expect("run mkenvimage (run ./dev deps)");
+    assert!(status.success(), "mkenvimage failed: {status}");
+    std::fs::read(&block).expect("read mkenvimage's block")
 }
