@@ -2,7 +2,8 @@
 //! `docs/configuration.md` and exercised by `examples/edge.toml`.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use mux::config::{MuxConfig, TlsConfig};
 use serde::Deserialize;
@@ -23,6 +24,58 @@ pub struct Config {
     /// `[metrics]`: the Prometheus endpoint.
     #[serde(default)]
     pub metrics: MetricsConfig,
+    /// `[update]`: A/B updates; absent on a development host.
+    pub update: Option<UpdateConfig>,
+}
+
+/// `[update]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateConfig {
+    /// Public key files (`edge-bundle keygen`) whose bundles are accepted.
+    pub keys: Vec<PathBuf>,
+    /// This box's compatibility string; bundles for another are refused.
+    pub compatible: String,
+    /// Where the updater keeps its record. Default: `/data/edge`.
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
+    /// How long a freshly booted slot has to pass its health check before
+    /// the box reboots (and the boot script counts a failed try). Default: 5 min.
+    #[serde(default = "default_health_deadline", with = "humantime_serde")]
+    pub health_deadline: Duration,
+    /// Where sysfs is mounted. Default: `/sys`.
+    #[serde(default = "default_sys_root")]
+    pub sys_root: PathBuf,
+    /// Where device nodes are. Default: `/dev`.
+    #[serde(default = "default_dev_root")]
+    pub dev_root: PathBuf,
+    /// The kernel command line naming the booted slot. Default: `/proc/cmdline`.
+    #[serde(default = "default_cmdline")]
+    pub cmdline: PathBuf,
+    /// Reboot when the health check fails or an update is installed.
+    /// Default: true; tests that run the box on a host turn it off.
+    #[serde(default = "default_true")]
+    pub reboot: bool,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_state_dir() -> PathBuf {
+    PathBuf::from("/data/edge")
+}
+fn default_health_deadline() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_sys_root() -> PathBuf {
+    PathBuf::from("/sys")
+}
+fn default_dev_root() -> PathBuf {
+    PathBuf::from("/dev")
+}
+fn default_cmdline() -> PathBuf {
+    PathBuf::from("/proc/cmdline")
 }
 
 /// `[log]`.
@@ -112,6 +165,13 @@ impl Config {
             toml::from_str(text).map_err(|e| ParseOrInvalid::Parse(e.to_string()))?;
         config.mux.validate().map_err(ParseOrInvalid::Invalid)?;
         config.tls.validate().map_err(ParseOrInvalid::Invalid)?;
+        if let Some(update) = &config.update {
+            if update.keys.is_empty() {
+                return Err(ParseOrInvalid::Invalid(mux::Error::Config(
+                    "update.keys: needs at least one public key file".to_owned(),
+                )));
+            }
+        }
         Ok(config)
     }
 }

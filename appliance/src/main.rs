@@ -29,6 +29,24 @@ enum Command {
         /// The configuration file (TOML).
         file: PathBuf,
     },
+    /// A/B updates.
+    #[command(subcommand)]
+    Update(UpdateCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum UpdateCommand {
+    /// Installs a bundle file into the inactive slot and reboots into it.
+    Install {
+        /// The configuration file (TOML) with an `[update]` section.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The bundle (`edge-bundle build`).
+        bundle: PathBuf,
+        /// Install and switch the boot order, but do not reboot.
+        #[arg(long)]
+        no_reboot: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -44,6 +62,11 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Update(UpdateCommand::Install {
+            config,
+            bundle,
+            no_reboot,
+        }) => update_install(&config, &bundle, no_reboot),
         Command::Run { config } => match Config::load(&config) {
             Ok(config) => match run::main(config) {
                 Ok(()) => ExitCode::SUCCESS,
@@ -57,5 +80,35 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+    }
+}
+
+fn update_install(config: &std::path::Path, bundle: &std::path::Path, no_reboot: bool) -> ExitCode {
+    let config = match Config::load(config) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let Some(update) = config.update else {
+        eprintln!("edge: the configuration has no [update] section");
+        return ExitCode::FAILURE;
+    };
+    match appliance::update::supervise::install_file(&update, bundle) {
+        Ok(pending) => {
+            eprintln!(
+                "edge: installed {} into slot {}",
+                pending.version, pending.slot
+            );
+            if !no_reboot && update.reboot {
+                run::reboot("update installed");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("edge: update refused: {e}");
+            ExitCode::FAILURE
+        }
     }
 }

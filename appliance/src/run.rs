@@ -1,6 +1,7 @@
 //! `edge run`: builds every part from the configuration, wires them, and
 //! waits for a signal.
 
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 
 use anyhow::Context as _;
@@ -17,8 +18,9 @@ use tokio::sync::Notify;
 use tracing::{info, warn};
 use tracing_subscriber::EnvFilter;
 
-use crate::config::{Config, MetricsConfig};
+use crate::config::{Config, MetricsConfig, UpdateConfig};
 use crate::https::Https;
+use crate::update::supervise::{after_boot_check, Verdict};
 
 /// Runs the box until SIGTERM or SIGINT.
 pub fn main(config: Config) -> anyhow::Result<()> {
@@ -68,9 +70,17 @@ async fn serve(config: Config) -> anyhow::Result<()> {
 
     let mux = Mux::new(config.mux.clone(), tls, services, Arc::clone(&metrics));
     let listeners = mux.bind().context("cannot listen")?;
+    let self_check = listeners
+        .first()
+        .map(|l| l.local_addr())
+        .transpose()?
+        .map(loopback_for);
     for listener in listeners {
         info!(addr = %listener.local_addr()?, "mux listening");
         tokio::spawn(Arc::clone(&mux).serve(listener));
+    }
+    if let (Some(update), Some(addr)) = (config.update.clone(), self_check) {
+        tokio::spawn(supervise_slot(update, addr));
     }
 
     let hup = Arc::new(Notify::new());
@@ -103,6 +113,34 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     }
     info!(version = env!("CARGO_PKG_VERSION"), "edge ready");
     wait_for_signals(&hup).await
+}
+
+/// The address the box reaches its own listener at.
+fn loopback_for(addr: SocketAddr) -> SocketAddr {
+    match addr.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => (Ipv4Addr::LOCALHOST, addr.port()).into(),
+        IpAddr::V6(ip) if ip.is_unspecified() => (Ipv6Addr::LOCALHOST, addr.port()).into(),
+        _ => addr,
+    }
+}
+
+/// Proves the running slot healthy and marks it good, or reboots so that the
+/// boot script counts a failed try and, after three, falls back.
+async fn supervise_slot(update: UpdateConfig, addr: SocketAddr) {
+    match after_boot_check(&update, addr).await {
+        Ok(Verdict::MarkedGood(_)) => {}
+        Ok(Verdict::Unhealthy) if update.reboot => reboot("the health check did not pass in time"),
+        Ok(Verdict::Unhealthy) => warn!("unhealthy; not rebooting, as configured"),
+        Err(e) => warn!(error = %e, "slot supervision unavailable"),
+    }
+}
+
+/// Flushes the filesystems and restarts the machine.
+pub fn reboot(why: &str) {
+    warn!(why, "rebooting");
+    nix::unistd::sync();
+    let Err(e) = nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_AUTOBOOT);
+    warn!(error = %e, "reboot failed");
 }
 
 /// The fallback self-signed certificate, then the configured files on top.

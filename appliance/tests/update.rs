@@ -6,6 +6,7 @@
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 
+use appliance::update::state::UpdateState;
 use appliance::update::{
     booted_slot, install, read_boot_state, write_boot_state, InstallPolicy, Partitions, UpdateError,
 };
@@ -240,4 +241,162 @@ fn the_booted_slot_comes_from_the_kernel_command_line() {
     );
     assert_eq!(booted_slot("console=ttyAMA0"), None);
     assert_eq!(booted_slot("edge.slot=C"), None);
+}
+
+/// A box on this host: the disk files, a sysfs naming them, a kernel command
+/// line, a trusted key and a configuration for `edge`.
+struct Host {
+    disk: Disk,
+    key: SigningKey,
+    config: PathBuf,
+}
+
+impl Host {
+    fn new(name: &str) -> Self {
+        let disk = Disk::new(name);
+        let sys = disk.dir.join("sys/class/block");
+        for label in ["bootstate", "kernel_a", "kernel_b", "rootfs_a", "rootfs_b"] {
+            fs::create_dir_all(sys.join(label)).expect("sysfs dir");
+            let uevent = format!("DEVNAME={label}\nDEVTYPE=partition\nPARTNAME={label}\n");
+            fs::write(sys.join(label).join("uevent"), uevent).expect("uevent");
+        }
+        let key = SigningKey::generate().expect("key");
+        fs::write(disk.dir.join("key.pub"), key.public_key().to_line()).expect("pub");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let config = disk.dir.join("edge.toml");
+        let dir = disk.dir.display();
+        fs::write(
+            &config,
+            format!(
+                "[mux]\nlisten = \"127.0.0.1:{port}\"\n\
+                 [update]\nkeys = [\"{dir}/key.pub\"]\ncompatible = \"{COMPATIBLE}\"\n\
+                 state_dir = \"{dir}/state\"\nsys_root = \"{dir}/sys\"\ndev_root = \"{dir}\"\n\
+                 cmdline = \"{dir}/cmdline\"\nhealth_deadline = \"60s\"\nreboot = false\n"
+            ),
+        )
+        .expect("config");
+        let host = Self { disk, key, config };
+        host.boot_into(Slot::A);
+        host
+    }
+
+    fn boot_into(&self, slot: Slot) {
+        let cmdline = format!("console=ttyAMA0 edge.slot={slot} panic=-1\n");
+        fs::write(self.disk.dir.join("cmdline"), cmdline).expect("cmdline");
+    }
+
+    /// Does what the boot script does: choose a slot, spend one of its tries.
+    fn power_on(&self) -> Slot {
+        let loaded = read_boot_state(&self.disk.partitions.bootstate).expect("read");
+        let (slot, spent) = loaded.state.choose();
+        write_boot_state(&self.disk.partitions.bootstate, &spent).expect("write");
+        self.boot_into(slot);
+        slot
+    }
+
+    fn edge(&self) -> std::process::Command {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_edge"));
+        command.stderr(std::process::Stdio::null());
+        command
+    }
+
+    fn state(&self) -> UpdateState {
+        UpdateState::load(&self.disk.dir.join("state")).expect("state")
+    }
+
+    /// Runs the box until `done` holds for its state and boot state.
+    fn run_until(&self, done: impl Fn(&UpdateState, &BootState) -> bool) {
+        let child = self
+            .edge()
+            .args(["run", "--config"])
+            .arg(&self.config)
+            .spawn()
+            .expect("start edge");
+        let mut running = KillOnDrop(child);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let boot = read_boot_state(&self.disk.partitions.bootstate).expect("read");
+            if done(&self.state(), &boot.state) {
+                break;
+            }
+            assert!(running.0.try_wait().expect("wait").is_none(), "edge exited");
+            assert!(std::time::Instant::now() < deadline, "not done in 60 s");
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+
+    fn install(&self, bundle: &[u8]) -> std::process::Output {
+        let path = self.disk.dir.join("update.bundle");
+        fs::write(&path, bundle).expect("bundle");
+        self.edge()
+            .stderr(std::process::Stdio::piped())
+            .args(["update", "install", "--no-reboot", "--config"])
+            .arg(&self.config)
+            .arg(&path)
+            .output()
+            .expect("run edge")
+    }
+}
+
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn an_installed_update_that_comes_up_healthy_is_marked_good() {
+    let host = Host::new("cycle-good");
+    let out = host.install(&bundle(&host.key, COMPATIBLE, 6));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(host.state().pending.map(|p| p.slot), Some("B".to_owned()));
+
+    assert_eq!(host.power_on(), Slot::B);
+    host.run_until(|state, boot| {
+        state.pending.is_none() && boot.tries_left(Slot::B) == 3 && boot.primary() == Slot::B
+    });
+    assert_eq!(host.state().installed_security_version, 6);
+
+    // The recorded security version now refuses what came before.
+    let out = host.install(&bundle(&host.key, COMPATIBLE, 5));
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("security version"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn an_update_that_never_marks_itself_good_rolls_back_and_is_remembered() {
+    let host = Host::new("cycle-rollback");
+    let out = host.install(&bundle(&host.key, COMPATIBLE, 6));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Three boots of the new slot that never get healthy, then the fallback.
+    for _ in 0..3 {
+        assert_eq!(host.power_on(), Slot::B);
+    }
+    assert_eq!(host.power_on(), Slot::A);
+    host.run_until(|state, boot| {
+        state.last_rollback.is_some() && boot.primary() == Slot::A && boot.tries_left(Slot::A) == 3
+    });
+    let state = host.state();
+    assert!(state.has_failed("1.2.3"));
+    assert_eq!(state.installed_security_version, 0);
+    assert!(state.pending.is_none());
 }

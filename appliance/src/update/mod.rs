@@ -7,8 +7,14 @@
 //! that last write, the running slot and the boot order are untouched, so a
 //! refused, tampered or interrupted install leaves the box as it was.
 //!
-//! Not here yet: downloading over HTTPS with resume, polling a channel,
-//! mark-good after the health check, and rebooting; see docs/update.md.
+//! [`state`] keeps what must survive a reboot and decides, after a boot,
+//! whether an update stuck.
+//!
+//! Not here yet: downloading over HTTPS with resume and polling a channel;
+//! see docs/update.md.
+
+pub mod state;
+pub mod supervise;
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
@@ -56,6 +62,9 @@ pub enum UpdateError {
     /// The running slot is not known (no `edge.slot=` on the kernel command line).
     #[error("the running slot is unknown")]
     UnknownSlot,
+    /// The updater's own record is unreadable.
+    #[error("update state: {0}")]
+    State(String),
     /// Reading or writing a partition or the bundle failed.
     #[error("{what}: {source}")]
     Io {
@@ -66,9 +75,18 @@ pub enum UpdateError {
     },
 }
 
+impl UpdateError {
+    fn io(what: impl Into<String>, source: io::Error) -> Self {
+        UpdateError::Io {
+            what: what.into(),
+            source,
+        }
+    }
+}
+
 fn io_error(what: impl Into<String>) -> impl FnOnce(io::Error) -> UpdateError {
     let what = what.into();
-    move |source| UpdateError::Io { what, source }
+    move |source| UpdateError::io(what, source)
 }
 
 /// The partitions of both slots and the boot state.

@@ -1,0 +1,196 @@
+//! The updater's shell: after a boot, detect a rollback, prove health, mark
+//! the slot good or reboot; and `edge update install`.
+
+use std::fs::File;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use image::bootstate::Slot;
+use image::keys::PublicKey;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tracing::{error, info, warn};
+
+use super::state::{after_boot, AfterBoot, Pending, UpdateState};
+use super::{
+    booted_slot, install, read_boot_state, write_boot_state, InstallPolicy, Partitions, UpdateError,
+};
+use crate::config::UpdateConfig;
+
+/// Pause between two health checks of a fresh boot.
+const HEALTH_RETRY: Duration = Duration::from_secs(2);
+
+/// What the box found out about its own slot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// The slot passed its health check and is marked good.
+    MarkedGood(Slot),
+    /// The health check did not pass within the deadline.
+    Unhealthy,
+}
+
+/// After a boot: records a rollback if there was one, then checks the box's
+/// own health on `mux` until `config.health_deadline`, and marks the running
+/// slot good when it passes.
+pub async fn after_boot_check(
+    config: &UpdateConfig,
+    mux: SocketAddr,
+) -> Result<Verdict, UpdateError> {
+    let cmdline = std::fs::read_to_string(&config.cmdline)
+        .map_err(|e| UpdateError::io(format!("reading {}", config.cmdline.display()), e))?;
+    let booted = booted_slot(&cmdline).ok_or(UpdateError::UnknownSlot)?;
+    let partitions = Partitions::discover(&config.sys_root, &config.dev_root)?;
+    let mut state = UpdateState::load(&config.state_dir)?;
+    let boot = read_boot_state(&partitions.bootstate)?.state;
+
+    if let AfterBoot::RolledBack(reason) = after_boot(&state, &boot, booted) {
+        warn!(slot = %booted, %reason, "update rolled back");
+        state.record_rollback(&reason);
+        state.save(&config.state_dir)?;
+        write_boot_state(&partitions.bootstate, &boot.switch_to(booted))?;
+    }
+
+    let healthy = tokio::time::timeout(config.health_deadline, wait_healthy(mux)).await;
+    if healthy.is_err() {
+        error!(slot = %booted, "health check did not pass in time");
+        return Ok(Verdict::Unhealthy);
+    }
+    let boot = read_boot_state(&partitions.bootstate)?.state;
+    write_boot_state(&partitions.bootstate, &boot.mark_good(booted))?;
+    state.record_good(booted);
+    state.save(&config.state_dir)?;
+    info!(slot = %booted, "slot marked good");
+    Ok(Verdict::MarkedGood(booted))
+}
+
+/// Polls the box's own health endpoint through its own TLS front door.
+async fn wait_healthy(mux: SocketAddr) {
+    loop {
+        match health(mux).await {
+            Ok(true) => return,
+            Ok(false) => warn!("health check answered, but not ok"),
+            Err(e) => warn!(error = %e, "health check failed"),
+        }
+        tokio::time::sleep(HEALTH_RETRY).await;
+    }
+}
+
+async fn health(mux: SocketAddr) -> std::io::Result<bool> {
+    let tcp = tokio::net::TcpStream::connect(mux).await?;
+    let name = rustls::pki_types::ServerName::IpAddress(mux.ip().into());
+    let mut tls = tokio_rustls::TlsConnector::from(self_check_client())
+        .connect(name, tcp)
+        .await?;
+    tls.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await?;
+    let mut response = Vec::new();
+    // The server ends without close_notify after `Connection: close`.
+    let _ = tls.read_to_end(&mut response).await;
+    Ok(response.starts_with(b"HTTP/1.1 200") && response.ends_with(b"ok"))
+}
+
+/// A client for the box talking to itself over loopback: the point is that
+/// the mux, rustls and the HTTPS service answer, not who the certificate
+/// names, so any certificate is accepted.
+fn self_check_client() -> Arc<rustls::ClientConfig> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
+        .with_safe_default_protocol_versions()
+        .expect("the default provider supports the default versions")
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
+        .with_no_client_auth();
+    Arc::new(config)
+}
+
+#[derive(Debug)]
+struct AnyCertificate(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &[rustls::pki_types::CertificateDer<'_>],
+        _: &rustls::pki_types::ServerName<'_>,
+        _: &[u8],
+        _: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// `edge update install`: installs a bundle file into the inactive slot and
+/// records it as pending. The caller reboots.
+pub fn install_file(config: &UpdateConfig, bundle: &Path) -> Result<Pending, UpdateError> {
+    let trusted = load_keys(config)?;
+    let cmdline = std::fs::read_to_string(&config.cmdline)
+        .map_err(|e| UpdateError::io(format!("reading {}", config.cmdline.display()), e))?;
+    let booted = booted_slot(&cmdline).ok_or(UpdateError::UnknownSlot)?;
+    let partitions = Partitions::discover(&config.sys_root, &config.dev_root)?;
+    let mut state = UpdateState::load(&config.state_dir)?;
+
+    let mut file = File::open(bundle)
+        .map_err(|e| UpdateError::io(format!("opening {}", bundle.display()), e))?;
+    let policy = InstallPolicy {
+        trusted: &trusted,
+        compatible: &config.compatible,
+        installed_security_version: state.installed_security_version,
+    };
+    let installed = install(&mut file, &policy, &partitions, booted)?;
+    // Recorded after the boot order switched: a power cut in between boots
+    // the new slot without a record, which then simply marks itself good.
+    let pending = Pending {
+        version: installed.manifest.version().to_owned(),
+        security_version: installed.manifest.security_version(),
+        slot: installed.slot.as_str().to_owned(),
+    };
+    state.pending = Some(pending.clone());
+    state.save(&config.state_dir)?;
+    Ok(pending)
+}
+
+fn load_keys(config: &UpdateConfig) -> Result<Vec<PublicKey>, UpdateError> {
+    config
+        .keys
+        .iter()
+        .map(|path| {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| UpdateError::io(format!("reading {}", path.display()), e))?;
+            PublicKey::parse(&text)
+                .map_err(|e| UpdateError::State(format!("{}: {e}", path.display())))
+        })
+        .collect()
+}
