@@ -49,6 +49,9 @@ fn the_example_configuration_is_valid_and_means_what_it_says() {
     let acme = config.tls.acme.expect("acme section");
     assert_eq!(acme.renew_before, Duration::from_secs(30 * 24 * 3600));
     assert_eq!(config.metrics.edge_id.as_deref(), Some("edge-example-1"));
+    let update = config.update.expect("update section");
+    assert_eq!(update.compatible, "edge-rpi4-aarch64");
+    assert_eq!(update.health_deadline, Duration::from_secs(300));
 
     let out = edge()
         .arg("check-config")
