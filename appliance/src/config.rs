@@ -52,6 +52,9 @@ pub struct UpdateConfig {
     /// The kernel command line naming the booted slot. Default: `/proc/cmdline`.
     #[serde(default = "default_cmdline")]
     pub cmdline: PathBuf,
+    /// PEM root trusted, instead of the system roots, for bundles fetched
+    /// over HTTPS (a private update server, or a test CA). Default: none.
+    pub server_ca: Option<PathBuf>,
     /// Reboot when the health check fails or an update is installed.
     /// Default: true; tests that run the box on a host turn it off.
     #[serde(default = "default_true")]

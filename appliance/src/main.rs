@@ -41,8 +41,8 @@ enum UpdateCommand {
         /// The configuration file (TOML) with an `[update]` section.
         #[arg(long, short)]
         config: PathBuf,
-        /// The bundle (`edge-bundle build`).
-        bundle: PathBuf,
+        /// The bundle (`edge-bundle build`): a file, or an `https://` URL.
+        bundle: String,
         /// Install and switch the boot order, but do not reboot.
         #[arg(long)]
         no_reboot: bool,
@@ -83,7 +83,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn update_install(config: &std::path::Path, bundle: &std::path::Path, no_reboot: bool) -> ExitCode {
+fn update_install(config: &std::path::Path, bundle: &str, no_reboot: bool) -> ExitCode {
     let config = match Config::load(config) {
         Ok(config) => config,
         Err(e) => {
@@ -95,7 +95,7 @@ fn update_install(config: &std::path::Path, bundle: &std::path::Path, no_reboot:
         eprintln!("edge: the configuration has no [update] section");
         return ExitCode::FAILURE;
     };
-    match appliance::update::supervise::install_file(&update, bundle) {
+    match appliance::update::supervise::install_from(&update, bundle) {
         Ok(pending) => {
             eprintln!(
                 "edge: installed {} into slot {}",

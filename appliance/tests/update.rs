@@ -400,3 +400,200 @@ fn an_update_that_never_marks_itself_good_rolls_back_and_is_remembered() {
     assert_eq!(state.installed_security_version, 0);
     assert!(state.pending.is_none());
 }
+
+/// An HTTPS server on loopback serving one bundle with range support. The
+/// first response is cut off after `cut` body bytes, the way a dropped
+/// connection would; it records every `Range` header it receives.
+struct BundleServer {
+    url: String,
+    ca_pem: String,
+    ranges: std::sync::Arc<std::sync::Mutex<Vec<Option<String>>>>,
+}
+
+impl BundleServer {
+    fn start(bundle: Vec<u8>, cut: usize) -> Self {
+        use std::sync::{Arc, Mutex};
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("ca");
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca_key = rcgen::KeyPair::generate().expect("ca key");
+        let ca = ca_params.self_signed(&ca_key).expect("ca cert");
+        let issuer = rcgen::Issuer::new(ca_params, ca_key);
+        let leaf_key = rcgen::KeyPair::generate().expect("key");
+        let leaf = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()])
+            .expect("params")
+            .signed_by(&leaf_key, &issuer)
+            .expect("leaf");
+        let key =
+            rustls::pki_types::PrivateKeyDer::try_from(leaf_key.serialize_der()).expect("key");
+        let config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_no_client_auth()
+        .with_single_cert(vec![leaf.der().clone()], key)
+        .expect("server config");
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let url = format!(
+            "https://{}/bundles/edge.bundle",
+            listener.local_addr().expect("addr")
+        );
+        let ranges = Arc::new(Mutex::new(Vec::new()));
+        let seen = Arc::clone(&ranges);
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            runtime.block_on(serve(listener, acceptor, bundle, cut, seen));
+        });
+        Self {
+            url,
+            ca_pem: ca.pem(),
+            ranges,
+        }
+    }
+}
+
+async fn serve(
+    listener: std::net::TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+    bundle: Vec<u8>,
+    cut: usize,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<Option<String>>>>,
+) {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    listener.set_nonblocking(true).expect("nonblocking");
+    let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+    let mut first = true;
+    while let Ok((tcp, _)) = listener.accept().await {
+        let Ok(tls) = acceptor.accept(tcp).await else {
+            continue;
+        };
+        let mut tls = tokio::io::BufReader::new(tls);
+        let mut range = None;
+        loop {
+            let mut line = String::new();
+            if tls.read_line(&mut line).await.unwrap_or(0) == 0 || line == "\r\n" {
+                break;
+            }
+            if let Some(value) = line.to_ascii_lowercase().strip_prefix("range: bytes=") {
+                range = Some(value.trim().trim_end_matches('-').to_owned());
+            }
+        }
+        seen.lock().expect("lock").push(range.clone());
+        let from: usize = range
+            .as_deref()
+            .map_or(0, |r| r.parse().expect("range start"));
+        let body = &bundle[from..];
+        let head = if range.is_some() {
+            format!(
+                "HTTP/1.1 206 Partial Content\r\nContent-Length: {}\r\nContent-Range: bytes {from}-{}/{}\r\n\r\n",
+                body.len(),
+                bundle.len() - 1,
+                bundle.len()
+            )
+        } else {
+            format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len())
+        };
+        let tls = tls.get_mut();
+        let _ = tls.write_all(head.as_bytes()).await;
+        let send = if first { &body[..cut] } else { body };
+        let _ = tls.write_all(send).await;
+        let _ = tls.flush().await;
+        first = false;
+        // Dropped without close_notify: for the cut response, the client
+        // sees a body that ends early.
+    }
+}
+
+#[test]
+fn a_download_cut_midway_resumes_with_a_range_request() {
+    let host = Host::new("download");
+    let bytes = bundle(&host.key, COMPATIBLE, 6);
+    let cut = bytes.len() / 2;
+    let server = BundleServer::start(bytes, cut);
+    let ca = host.disk.dir.join("server-ca.pem");
+    fs::write(&ca, &server.ca_pem).expect("ca");
+    let config = fs::read_to_string(&host.config).expect("config");
+    fs::write(
+        &host.config,
+        config.replace(
+            "[update]\n",
+            &format!("[update]\nserver_ca = \"{}\"\n", ca.display()),
+        ),
+    )
+    .expect("config");
+
+    let out = host
+        .edge()
+        .stderr(std::process::Stdio::piped())
+        .args(["update", "install", "--no-reboot", "--config"])
+        .arg(&host.config)
+        .arg(&server.url)
+        .output()
+        .expect("run edge");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let ranges = server.ranges.lock().expect("lock").clone();
+    assert_eq!(
+        ranges.first(),
+        Some(&None),
+        "the first request asks for everything"
+    );
+    let resumed_at: usize = ranges
+        .get(1)
+        .and_then(|r| r.as_deref())
+        .expect("a second, ranged request")
+        .parse()
+        .expect("number");
+    assert!(
+        resumed_at > 0 && resumed_at <= cut,
+        "resumed at {resumed_at}"
+    );
+    let (kernel, rootfs) = payloads();
+    assert!(starts_with_file(&host.disk.partitions.kernel[1], &kernel));
+    assert!(starts_with_file(&host.disk.partitions.rootfs[1], &rootfs));
+    assert_eq!(
+        read_boot_state(&host.disk.partitions.bootstate)
+            .expect("read")
+            .state
+            .primary(),
+        Slot::B
+    );
+}
+
+#[test]
+fn a_download_from_an_untrusted_server_is_refused() {
+    let host = Host::new("download-untrusted");
+    let server = BundleServer::start(bundle(&host.key, COMPATIBLE, 6), 0);
+    let other = BundleServer::start(Vec::new(), 0);
+    let ca = host.disk.dir.join("server-ca.pem");
+    fs::write(&ca, &other.ca_pem).expect("ca");
+    let config = fs::read_to_string(&host.config).expect("config");
+    fs::write(
+        &host.config,
+        config.replace(
+            "[update]\n",
+            &format!("[update]\nserver_ca = \"{}\"\n", ca.display()),
+        ),
+    )
+    .expect("config");
+    let before = host.disk.snapshot();
+    let out = host
+        .edge()
+        .stderr(std::process::Stdio::piped())
+        .args(["update", "install", "--no-reboot", "--config"])
+        .arg(&host.config)
+        .arg(&server.url)
+        .output()
+        .expect("run edge");
+    assert!(!out.status.success());
+    assert_eq!(host.disk.snapshot(), before);
+}

@@ -12,6 +12,7 @@ use image::keys::PublicKey;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tracing::{error, info, warn};
 
+use super::download;
 use super::state::{after_boot, AfterBoot, Pending, UpdateState};
 use super::{
     booted_slot, install, read_boot_state, write_boot_state, InstallPolicy, Partitions, UpdateError,
@@ -152,9 +153,34 @@ impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
     }
 }
 
-/// `edge update install`: installs a bundle file into the inactive slot and
-/// records it as pending. The caller reboots.
+/// `edge update install`: installs a bundle from a file or an `https://` URL
+/// into the inactive slot and records it as pending. The caller reboots.
+pub fn install_from(config: &UpdateConfig, source: &str) -> Result<Pending, UpdateError> {
+    if !source.starts_with("https://") {
+        return install_file(config, Path::new(source));
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .map_err(|e| UpdateError::io("starting the download runtime", e))?;
+    let _context = runtime.enter();
+    let tls = download::client_config(config.server_ca.as_deref())?;
+    let mut stream = download::fetch(source, tls)?;
+    install_stream(config, &mut stream)
+}
+
+/// Installs a bundle file into the inactive slot and records it as pending.
 pub fn install_file(config: &UpdateConfig, bundle: &Path) -> Result<Pending, UpdateError> {
+    let mut file = File::open(bundle)
+        .map_err(|e| UpdateError::io(format!("opening {}", bundle.display()), e))?;
+    install_stream(config, &mut file)
+}
+
+fn install_stream(
+    config: &UpdateConfig,
+    source: &mut impl std::io::Read,
+) -> Result<Pending, UpdateError> {
     let trusted = load_keys(config)?;
     let cmdline = std::fs::read_to_string(&config.cmdline)
         .map_err(|e| UpdateError::io(format!("reading {}", config.cmdline.display()), e))?;
@@ -162,14 +188,12 @@ pub fn install_file(config: &UpdateConfig, bundle: &Path) -> Result<Pending, Upd
     let partitions = Partitions::discover(&config.sys_root, &config.dev_root)?;
     let mut state = UpdateState::load(&config.state_dir)?;
 
-    let mut file = File::open(bundle)
-        .map_err(|e| UpdateError::io(format!("opening {}", bundle.display()), e))?;
     let policy = InstallPolicy {
         trusted: &trusted,
         compatible: &config.compatible,
         installed_security_version: state.installed_security_version,
     };
-    let installed = install(&mut file, &policy, &partitions, booted)?;
+    let installed = install(source, &policy, &partitions, booted)?;
     // Recorded after the boot order switched: a power cut in between boots
     // the new slot without a record, which then simply marks itself good.
     let pending = Pending {
