@@ -27,13 +27,15 @@ EDGE_RUST_TARGET_ENV = $(subst -,_,$(RUSTC_TARGET_NAME))
 # file when it vendors a release tarball, but not in an EDGE_OVERRIDE_SRCDIR
 # build, so point aws-lc's build at Buildroot's own cross compiler here.
 # aws-lc builds with the cc crate alone; keep it from picking a host cmake.
-# build.rs asks git for the revision: stop git at the package directory so
-# it cannot find Buildroot's own repository when the output directory sits
-# inside a Buildroot checkout; the binary then reports "unknown".
+# A release tarball has no .git for build.rs to ask, so the version names
+# the revision (`edge --version` prints "edge 0.1.0 (v0.1.0)"); git is also
+# stopped at the package directory so it never finds Buildroot's own
+# repository when the output directory sits inside a Buildroot checkout.
 EDGE_CARGO_ENV = \
 	CC_$(EDGE_RUST_TARGET_ENV)="$(TARGET_CC)" \
 	AR_$(EDGE_RUST_TARGET_ENV)="$(TARGET_AR)" \
 	AWS_LC_SYS_CMAKE_BUILDER=0 \
+	EDGE_GIT_REV="v$(EDGE_VERSION)" \
 	GIT_CEILING_DIRECTORIES="$(EDGE_DIR)"
 
 # Buildroot derives cargo's release profile from the global optimisation
