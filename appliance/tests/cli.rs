@@ -5,7 +5,6 @@ use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use appliance::config::Config;
@@ -129,16 +128,11 @@ fn https_get(port: u16, path: &str) -> String {
 }
 
 fn try_https_get(port: u16, path: &str) -> std::io::Result<String> {
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::aws_lc_rs::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .expect("versions")
-    .dangerous()
-    .with_custom_certificate_verifier(Arc::new(AnyCert))
-    .with_no_client_auth();
+    // Which certificate the box serves is the mux tests' business; this
+    // one is about the box answering.
+    let config = appliance::update::supervise::self_check_client();
     let name = rustls::pki_types::ServerName::try_from("edge.test").expect("name");
-    let mut conn = rustls::ClientConnection::new(Arc::new(config), name).expect("client");
+    let mut conn = rustls::ClientConnection::new(config, name).expect("client");
     let mut tcp = TcpStream::connect(("127.0.0.1", port))?;
     let mut tls = rustls::Stream::new(&mut conn, &mut tcp);
     write!(
@@ -198,48 +192,6 @@ fn run_serves_health_over_tls_and_metrics_in_plain_http() {
     assert!(killed.success());
     let status = running.0.wait().expect("wait");
     assert!(status.success(), "{status:?}");
-}
-
-/// Accepts any certificate: this test is about the box answering, the mux
-/// tests cover which certificate it serves.
-#[derive(Debug)]
-struct AnyCert;
-
-impl rustls::client::danger::ServerCertVerifier for AnyCert {
-    fn verify_server_cert(
-        &self,
-        _: &rustls::pki_types::CertificateDer<'_>,
-        _: &[rustls::pki_types::CertificateDer<'_>],
-        _: &rustls::pki_types::ServerName<'_>,
-        _: &[u8],
-        _: rustls::pki_types::UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        Ok(rustls::client::danger::ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        _: &[u8],
-        _: &rustls::pki_types::CertificateDer<'_>,
-        _: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        _: &[u8],
-        _: &rustls::pki_types::CertificateDer<'_>,
-        _: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        rustls::crypto::aws_lc_rs::default_provider()
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
 }
 
 fn start_edge(config: &str, name: &str, nofile: Option<u32>) -> Running {

@@ -93,8 +93,9 @@ async fn health(mux: SocketAddr) -> std::io::Result<bool> {
 
 /// A client for the box talking to itself over loopback: the point is that
 /// the mux, rustls and the HTTPS service answer, not who the certificate
-/// names, so any certificate is accepted.
-fn self_check_client() -> Arc<rustls::ClientConfig> {
+/// names, so any certificate is accepted (the handshake signature is still
+/// checked against it).
+pub fn self_check_client() -> Arc<rustls::ClientConfig> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let config = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
         .with_safe_default_protocol_versions()
