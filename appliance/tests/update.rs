@@ -331,13 +331,27 @@ impl Host {
     fn install(&self, bundle: &[u8]) -> std::process::Output {
         let path = self.disk.dir.join("update.bundle");
         fs::write(&path, bundle).expect("bundle");
+        self.install_from(&path.display().to_string())
+    }
+
+    /// `edge update install` from a file or a URL.
+    fn install_from(&self, source: &str) -> std::process::Output {
         self.edge()
             .stderr(std::process::Stdio::piped())
             .args(["update", "install", "--no-reboot", "--config"])
             .arg(&self.config)
-            .arg(&path)
+            .arg(source)
             .output()
             .expect("run edge")
+    }
+
+    /// Trusts `ca_pem`, and only it, for bundles fetched over HTTPS.
+    fn trust_server(&self, ca_pem: &str) {
+        let ca = self.disk.dir.join("server-ca.pem");
+        fs::write(&ca, ca_pem).expect("ca");
+        let config = fs::read_to_string(&self.config).expect("config");
+        let trusted = format!("[update]\nserver_ca = \"{}\"\n", ca.display());
+        fs::write(&self.config, config.replace("[update]\n", &trusted)).expect("config");
     }
 }
 
@@ -515,26 +529,9 @@ fn a_download_cut_midway_resumes_with_a_range_request() {
     let bytes = bundle(&host.key, COMPATIBLE, 6);
     let cut = bytes.len() / 2;
     let server = BundleServer::start(bytes, cut);
-    let ca = host.disk.dir.join("server-ca.pem");
-    fs::write(&ca, &server.ca_pem).expect("ca");
-    let config = fs::read_to_string(&host.config).expect("config");
-    fs::write(
-        &host.config,
-        config.replace(
-            "[update]\n",
-            &format!("[update]\nserver_ca = \"{}\"\n", ca.display()),
-        ),
-    )
-    .expect("config");
+    host.trust_server(&server.ca_pem);
 
-    let out = host
-        .edge()
-        .stderr(std::process::Stdio::piped())
-        .args(["update", "install", "--no-reboot", "--config"])
-        .arg(&host.config)
-        .arg(&server.url)
-        .output()
-        .expect("run edge");
+    let out = host.install_from(&server.url);
     assert!(
         out.status.success(),
         "{}",
@@ -574,26 +571,11 @@ fn a_download_from_an_untrusted_server_is_refused() {
     let host = Host::new("download-untrusted");
     let server = BundleServer::start(bundle(&host.key, COMPATIBLE, 6), 0);
     let other = BundleServer::start(Vec::new(), 0);
-    let ca = host.disk.dir.join("server-ca.pem");
-    fs::write(&ca, &other.ca_pem).expect("ca");
-    let config = fs::read_to_string(&host.config).expect("config");
-    fs::write(
-        &host.config,
-        config.replace(
-            "[update]\n",
-            &format!("[update]\nserver_ca = \"{}\"\n", ca.display()),
-        ),
-    )
-    .expect("config");
+    host.trust_server(&other.ca_pem);
     let before = host.disk.snapshot();
-    let out = host
-        .edge()
-        .stderr(std::process::Stdio::piped())
-        .args(["update", "install", "--no-reboot", "--config"])
-        .arg(&host.config)
-        .arg(&server.url)
-        .output()
-        .expect("run edge");
+    let out = host.install_from(&server.url);
     assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("tls with 127.0.0.1"), "{stderr}");
     assert_eq!(host.disk.snapshot(), before);
 }

@@ -121,10 +121,14 @@ async fn run(uri: Uri, tls: Arc<rustls::ClientConfig>, feed: Feed) {
         match attempt_once(&uri, &tls, delivered, &feed).await {
             Ok(Outcome::Finished) => return,
             Ok(Outcome::ReaderGone) => return,
-            Err(Attempt { sent, error }) => {
+            Err(Attempt {
+                sent,
+                error,
+                permanent,
+            }) => {
                 delivered += sent;
                 warn!(%uri, attempt, delivered, %error, "download interrupted");
-                if attempt == ATTEMPTS {
+                if permanent || attempt == ATTEMPTS {
                     let _ = feed.send(Err(io::Error::other(format!(
                         "download failed after {ATTEMPTS} attempts: {error}"
                     ))));
@@ -146,6 +150,8 @@ enum Outcome {
 struct Attempt {
     sent: u64,
     error: String,
+    /// Trying again cannot help: an untrusted server, a refused request.
+    permanent: bool,
 }
 
 impl Attempt {
@@ -153,6 +159,21 @@ impl Attempt {
         Self {
             sent: 0,
             error: error.to_string(),
+            permanent: false,
+        }
+    }
+
+    fn permanent(error: impl ToString) -> Self {
+        Self {
+            permanent: true,
+            ..Self::failed(error)
+        }
+    }
+
+    fn after(sent: u64, error: impl ToString) -> Self {
+        Self {
+            sent,
+            ..Self::failed(error)
         }
     }
 }
@@ -165,11 +186,13 @@ async fn attempt_once(
 ) -> Result<Outcome, Attempt> {
     let response = tokio::time::timeout(REQUEST_TIMEOUT, request(uri, tls, from))
         .await
-        .map_err(|_| Attempt::failed("no response in time"))?
-        .map_err(Attempt::failed)?;
+        .map_err(|_| Attempt::failed("no response in time"))??;
     let mut skip = match response.status() {
         StatusCode::PARTIAL_CONTENT if starts_at(&response, from) => 0,
         StatusCode::OK => from,
+        status if status.is_client_error() => {
+            return Err(Attempt::permanent(format!("server answered {status}")))
+        }
         status => return Err(Attempt::failed(format!("server answered {status}"))),
     };
     if from > 0 {
@@ -180,19 +203,9 @@ async fn attempt_once(
     let mut sent = 0u64;
     loop {
         let frame = match tokio::time::timeout(STALL_TIMEOUT, body.frame()).await {
-            Err(_) => {
-                return Err(Attempt {
-                    sent,
-                    error: "download stalled".into(),
-                })
-            }
+            Err(_) => return Err(Attempt::after(sent, "download stalled")),
             Ok(None) => return Ok(Outcome::Finished),
-            Ok(Some(Err(e))) => {
-                return Err(Attempt {
-                    sent,
-                    error: e.to_string(),
-                })
-            }
+            Ok(Some(Err(e))) => return Err(Attempt::after(sent, e)),
             Ok(Some(Ok(frame))) => frame,
         };
         let Ok(mut data) = frame.into_data() else {
@@ -228,26 +241,29 @@ async fn request(
     uri: &Uri,
     tls: &Arc<rustls::ClientConfig>,
     from: u64,
-) -> Result<http::Response<hyper::body::Incoming>, String> {
-    let host = uri.host().ok_or("no host in the url")?.to_owned();
+) -> Result<http::Response<hyper::body::Incoming>, Attempt> {
+    let host = uri
+        .host()
+        .ok_or_else(|| Attempt::permanent("no host in the url"))?
+        .to_owned();
     let port = uri.port_u16().unwrap_or(443);
     let tcp = tokio::net::TcpStream::connect((host.as_str(), port))
         .await
-        .map_err(|e| format!("connecting to {host}:{port}: {e}"))?;
+        .map_err(|e| Attempt::failed(format!("connecting to {host}:{port}: {e}")))?;
     let _ = tcp.set_nodelay(true);
     let name = ServerName::try_from(
         host.trim_start_matches('[')
             .trim_end_matches(']')
             .to_owned(),
     )
-    .map_err(|e| format!("{host}: {e}"))?;
+    .map_err(|e| Attempt::permanent(format!("{host}: {e}")))?;
     let stream = tokio_rustls::TlsConnector::from(Arc::clone(tls))
         .connect(name, tcp)
         .await
-        .map_err(|e| format!("tls with {host}: {e}"))?;
+        .map_err(|e| tls_failure(&host, e))?;
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(Attempt::failed)?;
     tokio::spawn(connection);
 
     let path = uri.path_and_query().map_or("/", |p| p.as_str());
@@ -257,9 +273,20 @@ async fn request(
     }
     let request = builder
         .body(Empty::<Bytes>::new())
-        .map_err(|e| e.to_string())?;
-    sender
-        .send_request(request)
-        .await
-        .map_err(|e| e.to_string())
+        .map_err(Attempt::permanent)?;
+    sender.send_request(request).await.map_err(Attempt::failed)
+}
+
+/// A certificate the configured roots do not vouch for will not be trusted
+/// on the next try either; a handshake cut by the network might work.
+fn tls_failure(host: &str, error: io::Error) -> Attempt {
+    let message = format!("tls with {host}: {error}");
+    let is_tls = error
+        .get_ref()
+        .is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some());
+    if is_tls {
+        Attempt::permanent(message)
+    } else {
+        Attempt::failed(message)
+    }
 }
