@@ -134,10 +134,18 @@ part uuid ${devtype} ${devnum}:${edge_root_part} edge_root_uuid
 setenv bootargs "console=ttyAMA0 panic=-1 quiet edge.slot=${edge_slot}"
 setenv bootargs "${bootargs} root=PARTUUID=${edge_root_uuid} rootfstype=squashfs ro rootwait"
 
-# The device tree the firmware handed over: QEMU's, or the Raspberry Pi
-# firmware's with its overlays applied.
+# The device tree: the slot's own where it carries one at the path U-Boot's
+# `fdtfile` names (the Raspberry Pi's U-Boot sets it, e.g.
+# broadcom/bcm2711-rpi-4-b.dtb), so a kernel and its device tree are updated
+# together; else the one the firmware handed over (QEMU's, or the Raspberry
+# Pi firmware's with the overlays of config.txt applied).
 setenv edge_fdt ${fdt_addr}
 test -n "${edge_fdt}" || setenv edge_fdt ${fdtcontroladdr}
+if test -n "${fdtfile}" && test -n "${fdt_addr_r}"; then
+    if ext4load ${devtype} ${devnum}:${edge_kernel_part} ${fdt_addr_r} ${fdtfile}; then
+        setenv edge_fdt ${fdt_addr_r}
+    fi
+fi
 
 if ext4load ${devtype} ${devnum}:${edge_kernel_part} ${kernel_addr_r} Image; then
     if ext4load ${devtype} ${devnum}:${edge_kernel_part} ${ramdisk_addr_r} initrd; then
