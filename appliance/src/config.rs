@@ -52,6 +52,13 @@ pub struct UpdateConfig {
     /// The kernel command line naming the booted slot. Default: `/proc/cmdline`.
     #[serde(default = "default_cmdline")]
     pub cmdline: PathBuf,
+    /// HTTPS URL of the channel document naming the current release.
+    /// Default: none (updates only by `edge update install`).
+    pub channel: Option<String>,
+    /// How often the channel is read, once the running slot is marked good.
+    /// Default: 6 h (with up to 10% added at random, so a fleet spreads out).
+    #[serde(default = "default_poll_interval", with = "humantime_serde")]
+    pub poll_interval: Duration,
     /// PEM root trusted, instead of the system roots, for bundles fetched
     /// over HTTPS (a private update server, or a test CA). Default: none.
     pub server_ca: Option<PathBuf>,
@@ -59,6 +66,10 @@ pub struct UpdateConfig {
     /// Default: true; tests that run the box on a host turn it off.
     #[serde(default = "default_true")]
     pub reboot: bool,
+}
+
+fn default_poll_interval() -> Duration {
+    Duration::from_secs(6 * 3600)
 }
 
 fn default_true() -> bool {
@@ -169,6 +180,15 @@ impl Config {
         config.mux.validate().map_err(ParseOrInvalid::Invalid)?;
         config.tls.validate().map_err(ParseOrInvalid::Invalid)?;
         if let Some(update) = &config.update {
+            if update
+                .channel
+                .as_deref()
+                .is_some_and(|url| !url.starts_with("https://"))
+            {
+                return Err(ParseOrInvalid::Invalid(mux::Error::Config(
+                    "update.channel: must be an https:// URL".to_owned(),
+                )));
+            }
             if update.keys.is_empty() {
                 return Err(ParseOrInvalid::Invalid(mux::Error::Config(
                     "update.keys: needs at least one public key file".to_owned(),

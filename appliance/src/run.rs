@@ -20,7 +20,7 @@ use tracing_subscriber::EnvFilter;
 
 use crate::config::{Config, MetricsConfig, UpdateConfig};
 use crate::https::Https;
-use crate::update::supervise::{after_boot_check, Verdict};
+use crate::update::supervise::{after_boot_check, poll_channel, Verdict};
 
 /// Runs the box until SIGTERM or SIGINT.
 pub fn main(config: Config) -> anyhow::Result<()> {
@@ -128,7 +128,15 @@ fn loopback_for(addr: SocketAddr) -> SocketAddr {
 /// boot script counts a failed try and, after three, falls back.
 async fn supervise_slot(update: UpdateConfig, addr: SocketAddr) {
     match after_boot_check(&update, addr).await {
-        Ok(Verdict::MarkedGood(_)) => {}
+        Ok(Verdict::MarkedGood(_)) => {
+            if let Some(url) = update.channel.clone() {
+                let pending = poll_channel(update.clone(), url).await;
+                info!(version = %pending.version, slot = %pending.slot, "update installed");
+                if update.reboot {
+                    reboot("update installed");
+                }
+            }
+        }
         Ok(Verdict::Unhealthy) if update.reboot => reboot("the health check did not pass in time"),
         Ok(Verdict::Unhealthy) => warn!("unhealthy; not rebooting, as configured"),
         Err(e) => warn!(error = %e, "slot supervision unavailable"),

@@ -426,6 +426,12 @@ struct BundleServer {
 
 impl BundleServer {
     fn start(bundle: Vec<u8>, cut: usize) -> Self {
+        Self::with_channel(bundle, cut, None)
+    }
+
+    /// Also serves `/channel.json` naming `(version, compatible)` and this
+    /// server's bundle.
+    fn with_channel(bundle: Vec<u8>, cut: usize, channel: Option<(&str, &str)>) -> Self {
         use std::sync::{Arc, Mutex};
         let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("ca");
         ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
@@ -456,12 +462,15 @@ impl BundleServer {
         );
         let ranges = Arc::new(Mutex::new(Vec::new()));
         let seen = Arc::clone(&ranges);
+        let channel = channel.map(|(version, compatible)| {
+            format!(r#"{{"version":"{version}","compatible":"{compatible}","url":"{url}"}}"#)
+        });
         std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .expect("runtime");
-            runtime.block_on(serve(listener, acceptor, bundle, cut, seen));
+            runtime.block_on(serve(listener, acceptor, bundle, cut, channel, seen));
         });
         Self {
             url,
@@ -476,6 +485,7 @@ async fn serve(
     acceptor: tokio_rustls::TlsAcceptor,
     bundle: Vec<u8>,
     cut: usize,
+    channel: Option<String>,
     seen: std::sync::Arc<std::sync::Mutex<Vec<Option<String>>>>,
 ) {
     use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
@@ -488,14 +498,24 @@ async fn serve(
         };
         let mut tls = tokio::io::BufReader::new(tls);
         let mut range = None;
+        let mut wants_channel = false;
         loop {
             let mut line = String::new();
             if tls.read_line(&mut line).await.unwrap_or(0) == 0 || line == "\r\n" {
                 break;
             }
+            wants_channel |= line.starts_with("GET /channel.json ");
             if let Some(value) = line.to_ascii_lowercase().strip_prefix("range: bytes=") {
                 range = Some(value.trim().trim_end_matches('-').to_owned());
             }
+        }
+        if let (true, Some(doc)) = (wants_channel, &channel) {
+            let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", doc.len());
+            let tls = tls.get_mut();
+            let _ = tls.write_all(head.as_bytes()).await;
+            let _ = tls.write_all(doc.as_bytes()).await;
+            let _ = tls.flush().await;
+            continue;
         }
         seen.lock().expect("lock").push(range.clone());
         let from: usize = range
@@ -514,7 +534,11 @@ async fn serve(
         };
         let tls = tls.get_mut();
         let _ = tls.write_all(head.as_bytes()).await;
-        let send = if first { &body[..cut] } else { body };
+        let send = if first {
+            &body[..cut.min(body.len())]
+        } else {
+            body
+        };
         let _ = tls.write_all(send).await;
         let _ = tls.flush().await;
         first = false;
@@ -578,4 +602,29 @@ fn a_download_from_an_untrusted_server_is_refused() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("tls with 127.0.0.1"), "{stderr}");
     assert_eq!(host.disk.snapshot(), before);
+}
+
+#[test]
+fn a_newer_release_on_the_channel_is_installed_once_the_slot_is_good() {
+    let host = Host::new("channel");
+    let server = BundleServer::with_channel(
+        bundle(&host.key, COMPATIBLE, 6),
+        usize::MAX,
+        Some(("1.2.3", COMPATIBLE)),
+    );
+    host.trust_server(&server.ca_pem);
+    let channel = server.url.replace("/bundles/edge.bundle", "/channel.json");
+    let config = fs::read_to_string(&host.config).expect("config");
+    let polled = format!("[update]\nchannel = \"{channel}\"\npoll_interval = \"200ms\"\n");
+    fs::write(&host.config, config.replace("[update]\n", &polled)).expect("config");
+
+    host.run_until(|state, boot| {
+        state
+            .pending
+            .as_ref()
+            .is_some_and(|p| p.version == "1.2.3" && p.slot == "B")
+            && boot.primary() == Slot::B
+    });
+    let (_, rootfs) = payloads();
+    assert!(starts_with_file(&host.disk.partitions.rootfs[1], &rootfs));
 }

@@ -225,6 +225,33 @@ async fn attempt_once(
     }
 }
 
+/// Largest channel document read.
+const MAX_DOCUMENT: usize = 64 * 1024;
+
+/// Fetches a small document (the channel's) whole, in one request.
+pub async fn fetch_document(
+    url: &str,
+    tls: &Arc<rustls::ClientConfig>,
+) -> Result<Bytes, UpdateError> {
+    let uri: Uri = url
+        .parse()
+        .map_err(|e| UpdateError::State(format!("{url}: {e}")))?;
+    let failed = |error: String| UpdateError::State(format!("{url}: {error}"));
+    let response = tokio::time::timeout(REQUEST_TIMEOUT, request(&uri, tls, 0))
+        .await
+        .map_err(|_| failed("no response in time".into()))?
+        .map_err(|a| failed(a.error))?;
+    if response.status() != StatusCode::OK {
+        return Err(failed(format!("server answered {}", response.status())));
+    }
+    let body = http_body_util::Limited::new(response.into_body(), MAX_DOCUMENT);
+    let collected = tokio::time::timeout(STALL_TIMEOUT, body.collect())
+        .await
+        .map_err(|_| failed("document stalled".into()))?
+        .map_err(|e| failed(e.to_string()))?;
+    Ok(collected.to_bytes())
+}
+
 /// Whether a 206 answer starts where the request asked (RFC 9110 §14.4).
 fn starts_at<B>(response: &http::Response<B>, from: u64) -> bool {
     response

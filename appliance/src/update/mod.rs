@@ -13,6 +13,7 @@
 //! Not here yet: downloading over HTTPS with resume and polling a channel;
 //! see docs/update.md.
 
+pub mod channel;
 pub mod download;
 pub mod state;
 pub mod supervise;

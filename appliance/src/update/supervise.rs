@@ -12,6 +12,7 @@ use image::keys::PublicKey;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tracing::{error, info, warn};
 
+use super::channel::{self, Decision};
 use super::download;
 use super::state::{after_boot, AfterBoot, Pending, UpdateState};
 use super::{
@@ -152,6 +153,57 @@ impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
         self.0.signature_verification_algorithms.supported_schemes()
     }
+}
+
+/// Once the running slot is marked good: reads the channel every
+/// `poll_interval` and installs what it names when [`channel::decide`] says
+/// so. Returns the installed update, for the caller to reboot into.
+pub async fn poll_channel(config: UpdateConfig, url: String) -> Pending {
+    let tls = match download::client_config(config.server_ca.as_deref()) {
+        Ok(tls) => tls,
+        Err(e) => {
+            error!(error = %e, "the update channel cannot be read");
+            return std::future::pending().await;
+        }
+    };
+    loop {
+        match check_channel(&config, &url, &tls).await {
+            Ok(Some(pending)) => return pending,
+            Ok(None) => {}
+            Err(e) => warn!(error = %e, channel = %url, "update check failed"),
+        }
+        tokio::time::sleep(with_jitter(config.poll_interval)).await;
+    }
+}
+
+async fn check_channel(
+    config: &UpdateConfig,
+    url: &str,
+    tls: &Arc<rustls::ClientConfig>,
+) -> Result<Option<Pending>, UpdateError> {
+    let document = download::fetch_document(url, tls).await?;
+    let release = channel::parse(&document).map_err(UpdateError::State)?;
+    let state = UpdateState::load(&config.state_dir)?;
+    let running = env!("CARGO_PKG_VERSION");
+    if let Decision::Skip(why) = channel::decide(&release, running, &config.compatible, &state) {
+        tracing::debug!(%why, "no update");
+        return Ok(None);
+    }
+    info!(version = %release.version, url = %release.url, "installing update");
+    let mut stream = download::fetch(&release.url, Arc::clone(tls))?;
+    let config = config.clone();
+    let installed = tokio::task::spawn_blocking(move || install_stream(&config, &mut stream))
+        .await
+        .map_err(|e| UpdateError::State(format!("install task: {e}")))??;
+    Ok(Some(installed))
+}
+
+/// `interval` plus up to a tenth of it, so that boxes started together do
+/// not all ask the server at the same second.
+fn with_jitter(interval: Duration) -> Duration {
+    let mut byte = [0u8; 1];
+    let _ = aws_lc_rs::rand::fill(&mut byte);
+    interval + interval / 10 * u32::from(byte[0]) / 255
 }
 
 /// `edge update install`: installs a bundle from a file or an `https://` URL
