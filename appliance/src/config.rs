@@ -33,6 +33,9 @@ pub struct Config {
 #[serde(deny_unknown_fields)]
 pub struct UpdateConfig {
     /// Public key files (`edge-bundle keygen`) whose bundles are accepted.
+    /// Empty: the box still supervises its slot (mark-good, rollback) but
+    /// accepts no bundle.
+    #[serde(default)]
     pub keys: Vec<PathBuf>,
     /// This box's compatibility string; bundles for another are refused.
     pub compatible: String,
@@ -187,11 +190,6 @@ impl Config {
             {
                 return Err(ParseOrInvalid::Invalid(mux::Error::Config(
                     "update.channel: must be an https:// URL".to_owned(),
-                )));
-            }
-            if update.keys.is_empty() {
-                return Err(ParseOrInvalid::Invalid(mux::Error::Config(
-                    "update.keys: needs at least one public key file".to_owned(),
                 )));
             }
         }

@@ -10,10 +10,12 @@ use appliance::update::state::UpdateState;
 use appliance::update::{
     booted_slot, install, read_boot_state, write_boot_state, InstallPolicy, Partitions, UpdateError,
 };
+use edge_tests::update_server::{Offer, UpdateServer, BUNDLE_PATH, CHANNEL_PATH};
 use image::bootstate::{BootState, Slot};
 use image::bundle::{build_bundle, BundleSpec};
 use image::keys::SigningKey;
 use image::BundleError;
+use std::net::{IpAddr, Ipv4Addr};
 
 const COMPATIBLE: &str = "edge-test-aarch64";
 const PARTITION_LEN: u64 = 256 * 1024;
@@ -415,136 +417,15 @@ fn an_update_that_never_marks_itself_good_rolls_back_and_is_remembered() {
     assert!(state.pending.is_none());
 }
 
-/// An HTTPS server on loopback serving one bundle with range support. The
-/// first response is cut off after `cut` body bytes, the way a dropped
-/// connection would; it records every `Range` header it receives.
-struct BundleServer {
-    url: String,
-    ca_pem: String,
-    ranges: std::sync::Arc<std::sync::Mutex<Vec<Option<String>>>>,
+/// The shared loopback update server, trusted by `host`.
+fn update_server(host: &Host, offer: Offer) -> UpdateServer {
+    let server = UpdateServer::start(offer, &[IpAddr::V4(Ipv4Addr::LOCALHOST)]).expect("server");
+    host.trust_server(server.ca_pem());
+    server
 }
 
-impl BundleServer {
-    fn start(bundle: Vec<u8>, cut: usize) -> Self {
-        Self::with_channel(bundle, cut, None)
-    }
-
-    /// Also serves `/channel.json` naming `(version, compatible)` and this
-    /// server's bundle.
-    fn with_channel(bundle: Vec<u8>, cut: usize, channel: Option<(&str, &str)>) -> Self {
-        use std::sync::{Arc, Mutex};
-        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("ca");
-        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        let ca_key = rcgen::KeyPair::generate().expect("ca key");
-        let ca = ca_params.self_signed(&ca_key).expect("ca cert");
-        let issuer = rcgen::Issuer::new(ca_params, ca_key);
-        let leaf_key = rcgen::KeyPair::generate().expect("key");
-        let leaf = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()])
-            .expect("params")
-            .signed_by(&leaf_key, &issuer)
-            .expect("leaf");
-        let key =
-            rustls::pki_types::PrivateKeyDer::try_from(leaf_key.serialize_der()).expect("key");
-        let config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
-            rustls::crypto::aws_lc_rs::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .expect("versions")
-        .with_no_client_auth()
-        .with_single_cert(vec![leaf.der().clone()], key)
-        .expect("server config");
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        let url = format!(
-            "https://{}/bundles/edge.bundle",
-            listener.local_addr().expect("addr")
-        );
-        let ranges = Arc::new(Mutex::new(Vec::new()));
-        let seen = Arc::clone(&ranges);
-        let channel = channel.map(|(version, compatible)| {
-            format!(r#"{{"version":"{version}","compatible":"{compatible}","url":"{url}"}}"#)
-        });
-        std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            runtime.block_on(serve(listener, acceptor, bundle, cut, channel, seen));
-        });
-        Self {
-            url,
-            ca_pem: ca.pem(),
-            ranges,
-        }
-    }
-}
-
-async fn serve(
-    listener: std::net::TcpListener,
-    acceptor: tokio_rustls::TlsAcceptor,
-    bundle: Vec<u8>,
-    cut: usize,
-    channel: Option<String>,
-    seen: std::sync::Arc<std::sync::Mutex<Vec<Option<String>>>>,
-) {
-    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
-    listener.set_nonblocking(true).expect("nonblocking");
-    let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
-    let mut first = true;
-    while let Ok((tcp, _)) = listener.accept().await {
-        let Ok(tls) = acceptor.accept(tcp).await else {
-            continue;
-        };
-        let mut tls = tokio::io::BufReader::new(tls);
-        let mut range = None;
-        let mut wants_channel = false;
-        loop {
-            let mut line = String::new();
-            if tls.read_line(&mut line).await.unwrap_or(0) == 0 || line == "\r\n" {
-                break;
-            }
-            wants_channel |= line.starts_with("GET /channel.json ");
-            if let Some(value) = line.to_ascii_lowercase().strip_prefix("range: bytes=") {
-                range = Some(value.trim().trim_end_matches('-').to_owned());
-            }
-        }
-        if let (true, Some(doc)) = (wants_channel, &channel) {
-            let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", doc.len());
-            let tls = tls.get_mut();
-            let _ = tls.write_all(head.as_bytes()).await;
-            let _ = tls.write_all(doc.as_bytes()).await;
-            let _ = tls.flush().await;
-            continue;
-        }
-        seen.lock().expect("lock").push(range.clone());
-        let from: usize = range
-            .as_deref()
-            .map_or(0, |r| r.parse().expect("range start"));
-        let body = &bundle[from..];
-        let head = if range.is_some() {
-            format!(
-                "HTTP/1.1 206 Partial Content\r\nContent-Length: {}\r\nContent-Range: bytes {from}-{}/{}\r\n\r\n",
-                body.len(),
-                bundle.len() - 1,
-                bundle.len()
-            )
-        } else {
-            format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len())
-        };
-        let tls = tls.get_mut();
-        let _ = tls.write_all(head.as_bytes()).await;
-        let send = if first {
-            &body[..cut.min(body.len())]
-        } else {
-            body
-        };
-        let _ = tls.write_all(send).await;
-        let _ = tls.flush().await;
-        first = false;
-        // Dropped without close_notify: for the cut response, the client
-        // sees a body that ends early.
-    }
+fn url(server: &UpdateServer, path: &str) -> String {
+    format!("https://{}{path}", server.addr())
 }
 
 #[test]
@@ -552,30 +433,35 @@ fn a_download_cut_midway_resumes_with_a_range_request() {
     let host = Host::new("download");
     let bytes = bundle(&host.key, COMPATIBLE, 6);
     let cut = bytes.len() / 2;
-    let server = BundleServer::start(bytes, cut);
-    host.trust_server(&server.ca_pem);
+    let server = update_server(
+        &host,
+        Offer {
+            bundle: bytes,
+            cut_first_after: Some(cut),
+            ..Offer::default()
+        },
+    );
 
-    let out = host.install_from(&server.url);
+    let out = host.install_from(&url(&server, BUNDLE_PATH));
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
 
-    let ranges = server.ranges.lock().expect("lock").clone();
+    let ranges = server.bundle_requests();
     assert_eq!(
         ranges.first(),
         Some(&None),
         "the first request asks for everything"
     );
-    let resumed_at: usize = ranges
+    let resumed_at = ranges
         .get(1)
-        .and_then(|r| r.as_deref())
-        .expect("a second, ranged request")
-        .parse()
-        .expect("number");
+        .copied()
+        .flatten()
+        .expect("a second, ranged request");
     assert!(
-        resumed_at > 0 && resumed_at <= cut,
+        resumed_at > 0 && resumed_at <= cut as u64,
         "resumed at {resumed_at}"
     );
     let (kernel, rootfs) = payloads();
@@ -593,11 +479,18 @@ fn a_download_cut_midway_resumes_with_a_range_request() {
 #[test]
 fn a_download_from_an_untrusted_server_is_refused() {
     let host = Host::new("download-untrusted");
-    let server = BundleServer::start(bundle(&host.key, COMPATIBLE, 6), 0);
-    let other = BundleServer::start(Vec::new(), 0);
-    host.trust_server(&other.ca_pem);
+    let server = UpdateServer::start(
+        Offer {
+            bundle: bundle(&host.key, COMPATIBLE, 6),
+            ..Offer::default()
+        },
+        &[IpAddr::V4(Ipv4Addr::LOCALHOST)],
+    )
+    .expect("server");
+    // Trust another server's CA, not this one's.
+    update_server(&host, Offer::default());
     let before = host.disk.snapshot();
-    let out = host.install_from(&server.url);
+    let out = host.install_from(&url(&server, BUNDLE_PATH));
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("tls with 127.0.0.1"), "{stderr}");
@@ -607,13 +500,15 @@ fn a_download_from_an_untrusted_server_is_refused() {
 #[test]
 fn a_newer_release_on_the_channel_is_installed_once_the_slot_is_good() {
     let host = Host::new("channel");
-    let server = BundleServer::with_channel(
-        bundle(&host.key, COMPATIBLE, 6),
-        usize::MAX,
-        Some(("1.2.3", COMPATIBLE)),
+    let server = update_server(
+        &host,
+        Offer {
+            bundle: bundle(&host.key, COMPATIBLE, 6),
+            channel: Some(("1.2.3".into(), COMPATIBLE.into())),
+            cut_first_after: None,
+        },
     );
-    host.trust_server(&server.ca_pem);
-    let channel = server.url.replace("/bundles/edge.bundle", "/channel.json");
+    let channel = url(&server, CHANNEL_PATH);
     let config = fs::read_to_string(&host.config).expect("config");
     let polled = format!("[update]\nchannel = \"{channel}\"\npoll_interval = \"200ms\"\n");
     fs::write(&host.config, config.replace("[update]\n", &polled)).expect("config");

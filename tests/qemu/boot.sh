@@ -7,6 +7,10 @@
 #
 #   usage: tests/qemu/boot.sh DISK_IMAGE
 #   EDGE_RIG_PORT   host port on 127.0.0.1 forwarded to the box's :443 (default 8443)
+#   EDGE_RIG_SERVER host port on 127.0.0.1 the box reaches as 10.0.2.100:443
+#                   (an update server of a test); default: none
+#   EDGE_RIG_REBOOT "allow" lets the box reboot (an update does); default:
+#                   a reboot ends QEMU
 #
 # The disk image is written to: the boot script counts tries in its bootstate
 # partition and the box writes to its boot and data partitions. Boot a copy
@@ -40,12 +44,22 @@ main() {
     # romfile=: Debian's QEMU ships no iPXE option ROM unless ipxe-qemu is installed.
     # virtio-rng: the kernel's random pool is ready early, so TLS key generation
     #   in edge does not wait for entropy.
+    local netdev="user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:$port-:443"
+    # guestfwd is the one way out of the restricted network: each connection
+    # the box opens to 10.0.2.100:443 becomes an nc to the test's server on
+    # the host's loopback.
+    if [[ -n ${EDGE_RIG_SERVER:-} ]]; then
+        netdev+=",guestfwd=tcp:10.0.2.100:443-cmd:nc 127.0.0.1 $EDGE_RIG_SERVER"
+    fi
+    local reboot=(-no-reboot)
+    [[ ${EDGE_RIG_REBOOT:-} == allow ]] && reboot=()
+
     exec qemu-system-aarch64 \
-        -M virt -cpu cortex-a57 -m 512 -nographic -no-reboot \
+        -M virt -cpu cortex-a57 -m 512 -nographic "${reboot[@]}" \
         -bios "$UBOOT" \
         -drive "if=none,file=$disk,format=raw,id=hd0" \
         -device virtio-blk-pci,drive=hd0 \
-        -netdev "user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:$port-:443" \
+        -netdev "$netdev" \
         -device virtio-net-pci,netdev=n0,romfile= \
         -device virtio-rng-pci
 }

@@ -18,6 +18,7 @@ pub mod elf;
 pub mod https;
 pub mod process;
 pub mod rig;
+pub mod update_server;
 
 pub use https::{healthz, wait_healthy, Health};
 pub use process::{Console, ProcessGuard, ScratchDir};

@@ -37,6 +37,10 @@ pub const FATAL: &[&str] = &[
     "Kernel panic",
 ];
 
+/// `edge`'s log line once its own health check passed and its slot is
+/// marked good.
+pub const MARKED_GOOD: &str = "slot marked good";
+
 /// From QEMU's launch to any one marker. Under TCG the whole boot takes
 /// seconds on an idle machine; the margin is for a loaded one.
 pub const MARKER_WITHIN: Duration = Duration::from_secs(120);
@@ -90,6 +94,18 @@ impl FactoryDisk {
     }
 }
 
+/// How a box boots beyond the defaults.
+#[derive(Debug, Clone, Default)]
+pub struct BootOptions {
+    /// Host port on 127.0.0.1 the box reaches as `10.0.2.100:443`.
+    pub server_port: Option<u16>,
+    /// Let the box reboot instead of ending QEMU.
+    pub allow_reboot: bool,
+}
+
+/// The address a box reaches [`BootOptions::server_port`] at.
+pub const SERVER_IN_BOX: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 100);
+
 /// A box booting in QEMU: killed when dropped.
 #[derive(Debug)]
 pub struct RunningBox {
@@ -103,11 +119,22 @@ impl RunningBox {
     /// Boots `disk` through tests/qemu/boot.sh with a free host port
     /// forwarded to the box's :443.
     pub fn boot(disk: &Path) -> Result<Self, Error> {
+        Self::boot_with(disk, &BootOptions::default())
+    }
+
+    /// Like [`RunningBox::boot`], with the options of an update test.
+    pub fn boot_with(disk: &Path, options: &BootOptions) -> Result<Self, Error> {
         let port = free_port()?;
         let launched = Instant::now();
-        let child = Command::new(repo_root().join("tests/qemu/boot.sh"))
-            .arg(disk)
-            .env("EDGE_RIG_PORT", port.to_string())
+        let mut command = Command::new(repo_root().join("tests/qemu/boot.sh"));
+        command.arg(disk).env("EDGE_RIG_PORT", port.to_string());
+        if let Some(server) = options.server_port {
+            command.env("EDGE_RIG_SERVER", server.to_string());
+        }
+        if options.allow_reboot {
+            command.env("EDGE_RIG_REBOOT", "allow");
+        }
+        let child = command
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

@@ -10,7 +10,9 @@ use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use edge_tests::rig::{chosen_slot, cmdline_value, CHOSE_SLOT, EDGE_STARTING, INIT_CMDLINE};
+use edge_tests::rig::{
+    chosen_slot, cmdline_value, CHOSE_SLOT, EDGE_STARTING, INIT_CMDLINE, MARKED_GOOD,
+};
 use edge_tests::{bootstate, disk, repo_root, wait_healthy, FactoryDisk, RunningBox, ScratchDir};
 
 /// From `edge run` being started to the first 200 on /healthz.
@@ -128,9 +130,12 @@ fn factory_image_boots_slot_a_and_serves_healthz() {
         );
     }
 
-    // The boot script counted the try before the kernel started; nothing
-    // marks the slot good yet, so the count stays. QEMU is gone once the box
-    // is dropped, and what it wrote is in the file.
+    // The boot script counted the try before the kernel started; once its
+    // own health check passed, the box marks the slot good, giving the try
+    // back. QEMU is gone once the box is dropped, and what was written is in
+    // the file.
+    edge_box.expect_line(MARKED_GOOD);
+    let marked_at = edge_box.uptime();
     drop(edge_box);
     for (copy, state) in bootstate::read_both(&image)
         .expect("read the boot state after the boot")
@@ -138,14 +143,13 @@ fn factory_image_boots_slot_a_and_serves_healthz() {
         .enumerate()
     {
         let vars = state.unwrap_or_else(|e| panic!("copy {copy} after the boot: {e}"));
-        assert_eq!(vars, bootstate::state_vars("A B", 2, 3), "copy {copy}");
+        assert_eq!(vars, bootstate::state_vars("A B", 3, 3), "copy {copy}");
     }
-    // Byte for byte what mkenvimage makes of the same variables: U-Boot's
-    // export pads with NULs and takes the CRC over the whole 16 KiB block,
-    // so the factory image and the boot script write the same format.
+    // Byte for byte what mkenvimage makes of the same variables: the box
+    // writes the format U-Boot's `env import -c` reads.
     let expected = mkenvimage(
         &scratch,
-        &["BOOT_A_LEFT=2", "BOOT_B_LEFT=3", "BOOT_ORDER=A B"],
+        &["BOOT_A_LEFT=3", "BOOT_B_LEFT=3", "BOOT_ORDER=A B"],
     );
     for copy in 0..2 {
         let written = bootstate::read_copy(&image, copy).expect("read a boot state copy");
@@ -154,6 +158,10 @@ fn factory_image_boots_slot_a_and_serves_healthz() {
             "copy {copy} differs from mkenvimage's block"
         );
     }
+    eprintln!(
+        "qemu image: slot A marked good {:.2} s after QEMU was launched",
+        marked_at.as_secs_f64()
+    );
 
     eprintln!(
         "qemu image: U-Boot chose slot A {:.2} s, edge started {:.2} s and healthy {:.2} s \

@@ -294,7 +294,9 @@ async fn request(
     tokio::spawn(connection);
 
     let path = uri.path_and_query().map_or("/", |p| p.as_str());
-    let mut builder = Request::get(path).header(header::HOST, host.as_str());
+    // RFC 9110 §7.2: Host carries the port when it is not the default.
+    let authority = uri.authority().map_or(host.as_str(), |a| a.as_str());
+    let mut builder = Request::get(path).header(header::HOST, authority);
     if from > 0 {
         builder = builder.header(header::RANGE, format!("bytes={from}-"));
     }
