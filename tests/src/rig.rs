@@ -162,7 +162,13 @@ impl RunningBox {
     /// Like [`RunningBox::wait_for`], but panics with the console transcript:
     /// what a test wants to see when the box does not get there.
     pub fn expect_line(&self, marker: &str) -> String {
-        match self.wait_for(marker) {
+        self.expect_line_with(marker, FATAL)
+    }
+
+    /// Like [`RunningBox::expect_line`], failing only on the `fatal` lines:
+    /// for a test in which some boots are meant to fail.
+    pub fn expect_line_with(&self, marker: &str, fatal: &[&str]) -> String {
+        match self.console.wait_for(marker, fatal, MARKER_WITHIN) {
             Ok(line) => line,
             Err(e) => panic!("{e}\n--- serial console ---\n{}", self.transcript()),
         }

@@ -35,6 +35,7 @@ pub struct UpdateServer {
     addr: SocketAddr,
     ca_pem: String,
     ranges: Arc<Mutex<Vec<Option<u64>>>>,
+    channel_reads: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl UpdateServer {
@@ -45,20 +46,25 @@ impl UpdateServer {
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
         let addr = listener.local_addr()?;
         let ranges = Arc::new(Mutex::new(Vec::new()));
-        let seen = Arc::clone(&ranges);
+        let channel_reads = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counts = Counts {
+            ranges: Arc::clone(&ranges),
+            channel_reads: Arc::clone(&channel_reads),
+        };
         let acceptor = tokio_rustls::TlsAcceptor::from(config);
         std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build();
             if let Ok(runtime) = runtime {
-                runtime.block_on(serve(listener, acceptor, offer, seen));
+                runtime.block_on(serve(listener, acceptor, offer, counts));
             }
         });
         Ok(Self {
             addr,
             ca_pem,
             ranges,
+            channel_reads,
         })
     }
 
@@ -70,6 +76,11 @@ impl UpdateServer {
     /// PEM of the CA that signed its certificate.
     pub fn ca_pem(&self) -> &str {
         &self.ca_pem
+    }
+
+    /// How many times the channel document was read.
+    pub fn channel_reads(&self) -> usize {
+        self.channel_reads.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// The `Range` start of every bundle request so far (`None`: whole file).
@@ -102,6 +113,12 @@ fn tls(names: &[IpAddr]) -> Result<(String, Arc<rustls::ServerConfig>), Error> {
         })
         .map_err(|e| Error::Command(format!("test server: {e}")))?;
     Ok((ca.pem(), Arc::new(config)))
+}
+
+/// What the serving thread records.
+struct Counts {
+    ranges: Arc<Mutex<Vec<Option<u64>>>>,
+    channel_reads: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// One request's head: path, `Host`, `Range` start.
@@ -144,7 +161,7 @@ async fn serve(
     listener: TcpListener,
     acceptor: tokio_rustls::TlsAcceptor,
     offer: Offer,
-    seen: Arc<Mutex<Vec<Option<u64>>>>,
+    counts: Counts,
 ) {
     if listener.set_nonblocking(true).is_err() {
         return;
@@ -161,7 +178,7 @@ async fn serve(
         let Some(head) = read_head(&mut stream).await else {
             continue;
         };
-        let (status, extra, body) = answer(&offer, &head, &seen);
+        let (status, extra, body) = answer(&offer, &head, &counts);
         let mut reply = format!("HTTP/1.1 {status}\r\nContent-Length: {}\r\n", body.len());
         reply.push_str(&extra);
         reply.push_str("Connection: close\r\n\r\n");
@@ -181,16 +198,19 @@ async fn serve(
     }
 }
 
-fn answer(offer: &Offer, head: &Head, seen: &Mutex<Vec<Option<u64>>>) -> (String, String, Vec<u8>) {
+fn answer(offer: &Offer, head: &Head, counts: &Counts) -> (String, String, Vec<u8>) {
     match (head.path.as_str(), &offer.channel) {
         (CHANNEL_PATH, Some((version, compatible))) => {
+            counts
+                .channel_reads
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             let url = format!("https://{}{BUNDLE_PATH}", head.host);
             let doc =
                 format!(r#"{{"version":"{version}","compatible":"{compatible}","url":"{url}"}}"#);
             ("200 OK".into(), String::new(), doc.into_bytes())
         }
         (BUNDLE_PATH, _) => {
-            if let Ok(mut seen) = seen.lock() {
+            if let Ok(mut seen) = counts.ranges.lock() {
                 seen.push(head.range);
             }
             let len = offer.bundle.len();

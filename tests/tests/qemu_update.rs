@@ -26,48 +26,47 @@ fn factory() -> &'static FactoryDisk {
     })
 }
 
-/// A bundle of the factory image's own slot contents, as a newer version.
-fn bundle(key: &SigningKey) -> Vec<u8> {
+/// The version the channel offers, newer than the factory image's.
+const NEW_VERSION: &str = "0.99.0";
+
+/// A factory slot image: `kernel.ext4` or `rootfs.squashfs`.
+fn slot_image(name: &str) -> Vec<u8> {
     let parts = factory()
         .path()
         .parent()
         .expect("the disk image is in a directory")
         .join("parts");
-    let read = |name: &str| std::fs::read(parts.join(name)).expect("read a slot image");
-    let spec = BundleSpec::new(COMPATIBLE, "0.99.0", 1);
-    build_bundle(&spec, key, &read("kernel.ext4"), &read("rootfs.squashfs")).expect("bundle")
+    std::fs::read(parts.join(name)).expect("read a slot image")
 }
 
-/// Puts `files` on the disk's FAT boot partition, replacing what is there.
-fn put_on_boot_partition(image: &Path, files: &[(&str, &Path)]) {
-    let boot = disk::find(image, "boot").expect("the boot partition");
-    for (name, file) in files {
-        let status = Command::new("mcopy")
-            .env("MTOOLS_SKIP_CHECK", "1")
-            .arg("-o")
-            .arg("-i")
-            .arg(format!("{}@@{}", image.display(), boot.offset()))
-            .arg(file)
-            .arg(format!("::{name}"))
-            .status()
-            .expect("run mcopy (run ./dev deps)");
-        assert!(status.success(), "mcopy {name}: {status}");
-    }
+/// A bundle of the factory kernel and `rootfs`, as the new version.
+fn bundle(key: &SigningKey, rootfs: &[u8]) -> Vec<u8> {
+    let spec = BundleSpec::new(COMPATIBLE, NEW_VERSION, 1);
+    build_bundle(&spec, key, &slot_image("kernel.ext4"), rootfs).expect("bundle")
 }
 
-#[test]
-#[ignore = "needs the aarch64 build and the rig cache; run by ./dev test"]
-fn an_update_from_the_channel_boots_slot_b_and_is_marked_good() {
-    let scratch = ScratchDir::new("qemu-update").expect("scratch directory");
+/// A copy of the factory disk provisioned to follow a channel on a test
+/// server offering `rootfs`, and that server.
+fn provisioned(scratch: &ScratchDir, rootfs: &[u8]) -> (std::path::PathBuf, UpdateServer) {
+    provisioned_with(scratch, rootfs, |_| {})
+}
+
+/// Like [`provisioned`], with `edit` applied to the signed bundle.
+fn provisioned_with(
+    scratch: &ScratchDir,
+    rootfs: &[u8],
+    edit: impl FnOnce(&mut Vec<u8>),
+) -> (std::path::PathBuf, UpdateServer) {
     let image = factory()
         .copy_to(&scratch.path().join("disk.img"))
         .expect("copy the factory disk image");
-
     let key = SigningKey::generate().expect("signing key");
+    let mut signed = bundle(&key, rootfs);
+    edit(&mut signed);
     let server = UpdateServer::start(
         Offer {
-            bundle: bundle(&key),
-            channel: Some(("0.99.0".into(), COMPATIBLE.into())),
+            bundle: signed,
+            channel: Some((NEW_VERSION.into(), COMPATIBLE.into())),
             cut_first_after: None,
         },
         &[IpAddr::V4(SERVER_IN_BOX)],
@@ -92,12 +91,40 @@ fn an_update_from_the_channel_boots_slot_b_and_is_marked_good() {
             ("update-ca.pem", &dir.join("update-ca.pem")),
         ],
     );
+    (image, server)
+}
 
+fn boot(image: &Path, server: &UpdateServer) -> RunningBox {
     let options = BootOptions {
         server_port: Some(server.addr().port()),
         allow_reboot: true,
     };
-    let mut edge_box = RunningBox::boot_with(&image, &options).expect("start QEMU");
+    RunningBox::boot_with(image, &options).expect("start QEMU")
+}
+
+/// Puts `files` on the disk's FAT boot partition, replacing what is there.
+fn put_on_boot_partition(image: &Path, files: &[(&str, &Path)]) {
+    let boot = disk::find(image, "boot").expect("the boot partition");
+    for (name, file) in files {
+        let status = Command::new("mcopy")
+            .env("MTOOLS_SKIP_CHECK", "1")
+            .arg("-o")
+            .arg("-i")
+            .arg(format!("{}@@{}", image.display(), boot.offset()))
+            .arg(file)
+            .arg(format!("::{name}"))
+            .status()
+            .expect("run mcopy (run ./dev deps)");
+        assert!(status.success(), "mcopy {name}: {status}");
+    }
+}
+
+#[test]
+#[ignore = "needs the aarch64 build and the rig cache; run by ./dev test"]
+fn an_update_from_the_channel_boots_slot_b_and_is_marked_good() {
+    let scratch = ScratchDir::new("qemu-update").expect("scratch directory");
+    let (image, server) = provisioned(&scratch, &slot_image("rootfs.squashfs"));
+    let mut edge_box = boot(&image, &server);
     assert_eq!(chosen_slot(&edge_box.expect_line(CHOSE_SLOT)), Some("A"));
     let good = edge_box.expect_line(MARKED_GOOD);
     assert!(good.contains("slot=A"), "{good}");
@@ -131,4 +158,99 @@ fn an_update_from_the_channel_boots_slot_b_and_is_marked_good() {
         installed_at.as_secs_f64(),
         marked_at.as_secs_f64()
     );
+}
+
+#[test]
+#[ignore = "needs the aarch64 build and the rig cache; run by ./dev test"]
+fn an_update_that_never_comes_up_rolls_back_after_three_tries() {
+    let scratch = ScratchDir::new("qemu-rollback").expect("scratch directory");
+    // A root file system the initrd cannot mount: each boot of slot B ends
+    // in a reboot before anything could mark it good.
+    let broken_rootfs = vec![0x5a; 2 * 1024 * 1024];
+    let (image, server) = provisioned(&scratch, &broken_rootfs);
+    let edge_box = boot(&image, &server);
+
+    assert_eq!(chosen_slot(&edge_box.expect_line(CHOSE_SLOT)), Some("A"));
+    edge_box.expect_line("update installed");
+    // Slot B's boots end in the initrd's reboot, which here is expected.
+    let fatal = ["edge-init: edge exited", "Kernel panic"];
+    for try_number in 1..=3 {
+        let chose = edge_box.expect_line_with(CHOSE_SLOT, &fatal);
+        assert_eq!(chosen_slot(&chose), Some("B"), "try {try_number}");
+        edge_box.expect_line_with("could not mount rootfs_b", &fatal);
+    }
+    let chose = edge_box.expect_line_with(CHOSE_SLOT, &fatal);
+    assert_eq!(chosen_slot(&chose), Some("A"));
+    let rolled_back = edge_box.expect_line("update rolled back");
+    assert!(rolled_back.contains("used up its tries"), "{rolled_back}");
+    let good = edge_box.expect_line(MARKED_GOOD);
+    assert!(good.contains("slot=A"), "{good}");
+
+    // The channel still offers the failed version; the box reads it again
+    // and again but does not fetch it.
+    let reads = server.channel_reads();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while server.channel_reads() < reads + 3 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the channel is not read any more"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(
+        server.bundle_requests().len(),
+        1,
+        "the failed version was fetched again"
+    );
+    drop(edge_box);
+
+    for (copy, state) in bootstate::read_both(&image)
+        .expect("read the boot state")
+        .into_iter()
+        .enumerate()
+    {
+        let vars = state.unwrap_or_else(|e| panic!("copy {copy}: {e}"));
+        assert_eq!(vars, bootstate::state_vars("A B", 3, 0), "copy {copy}");
+    }
+}
+
+#[test]
+#[ignore = "needs the aarch64 build and the rig cache; run by ./dev test"]
+fn a_tampered_bundle_is_refused_without_a_reboot() {
+    let scratch = ScratchDir::new("qemu-tampered").expect("scratch directory");
+    let rootfs = slot_image("rootfs.squashfs");
+    let (image, server) = provisioned_with(&scratch, &rootfs, |bundle| {
+        let last = bundle.len() - 1000;
+        bundle[last] ^= 0x20;
+    });
+    let mut edge_box = boot(&image, &server);
+
+    assert_eq!(chosen_slot(&edge_box.expect_line(CHOSE_SLOT)), Some("A"));
+    edge_box.expect_line(MARKED_GOOD);
+    let refused = edge_box.expect_line("update check failed");
+    assert!(refused.contains("does not match"), "{refused}");
+    // Still up on slot A, which was never switched away from.
+    let addr = edge_box.addr();
+    if let Err(e) = wait_healthy(addr, Duration::from_secs(60), edge_box.qemu()) {
+        panic!(
+            "the box went down: {e}\n--- serial console ---\n{}",
+            edge_box.transcript()
+        );
+    }
+    let transcript = edge_box.transcript();
+    assert_eq!(
+        transcript.matches(CHOSE_SLOT).count(),
+        1,
+        "the box rebooted:\n{transcript}"
+    );
+    drop(edge_box);
+
+    for (copy, state) in bootstate::read_both(&image)
+        .expect("read the boot state")
+        .into_iter()
+        .enumerate()
+    {
+        let vars = state.unwrap_or_else(|e| panic!("copy {copy}: {e}"));
+        assert_eq!(vars, bootstate::state_vars("A B", 3, 3), "copy {copy}");
+    }
 }
