@@ -97,7 +97,11 @@ async fn bytes_that_are_no_hello_get_exactly_what_rustls_answers() {
         let from_rustls = answer_to(bare, bytes).await;
         assert_eq!(from_mux, from_rustls, "{reason}");
         // RFC 8446 §6: a fatal alert record, not silence.
-        assert_eq!(from_rustls.first(), Some(&0x15), "{reason}: {from_rustls:02x?}");
+        assert_eq!(
+            from_rustls.first(),
+            Some(&0x15),
+            "{reason}: {from_rustls:02x?}"
+        );
         let sample = format!("mux_peek_failures_total{{reason=\"{reason}\"}}");
         wait_metric(&mux, &sample, 1.0).await;
     }
