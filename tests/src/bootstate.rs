@@ -117,6 +117,20 @@ pub fn write_copy(disk_image: &Path, copy: usize, block: &[u8]) -> Result<(), Er
 }
 
 /// Both copies decoded, copy 0 first.
+/// Panics unless both copies on `disk_image` hold exactly `BOOT_ORDER=order`,
+/// `BOOT_A_LEFT=a_left`, `BOOT_B_LEFT=b_left`.
+pub fn assert_both(disk_image: &Path, order: &str, a_left: u8, b_left: u8) {
+    let copies = read_both(disk_image).expect("read the boot state");
+    for (copy, state) in copies.into_iter().enumerate() {
+        let vars = state.unwrap_or_else(|e| panic!("boot state copy {copy}: {e}"));
+        assert_eq!(
+            vars,
+            state_vars(order, a_left, b_left),
+            "boot state copy {copy}"
+        );
+    }
+}
+
 pub fn read_both(disk_image: &Path) -> Result<[Result<Vars, Error>; 2], Error> {
     Ok([
         decode(&read_copy(disk_image, 0)?),

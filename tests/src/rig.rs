@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::update_server::CHANNEL_PATH;
 use crate::{edge_binary, free_port, repo_root, Console, Error, ProcessGuard};
 
 /// The boot script's choice: `edge-boot: chose slot A`.
@@ -219,5 +220,37 @@ mod tests {
         assert_eq!(cmdline_value(line, "edge.slot"), Some("A"));
         assert_eq!(cmdline_value(line, "root"), Some("PARTUUID=99b5"));
         assert_eq!(cmdline_value(line, "slot"), None);
+    }
+}
+
+/// The rig's compatibility string (tests/qemu/edge.toml).
+pub const COMPATIBLE: &str = "edge-qemu-aarch64";
+
+/// Provisions the boot partition of `image` to follow the channel of an
+/// update server reached at [`SERVER_IN_BOX`]: an `edge.toml` with an
+/// `[update]` section, the public key `key_line` and the server's CA.
+/// `dir` holds the files on their way.
+pub fn provision_for_channel(image: &Path, dir: &Path, key_line: &str, ca_pem: &str) {
+    std::fs::write(dir.join("update.pub"), key_line).expect("write the key");
+    std::fs::write(dir.join("update-ca.pem"), ca_pem).expect("write the CA");
+    let config = format!(
+        "[mux]\nlisten = \"0.0.0.0:443\"\n\n[update]\ncompatible = \"{COMPATIBLE}\"\n\
+         keys = [\"/boot/update.pub\"]\nserver_ca = \"/boot/update-ca.pem\"\n\
+         channel = \"https://{SERVER_IN_BOX}{CHANNEL_PATH}\"\npoll_interval = \"1s\"\n\
+         health_deadline = \"120s\"\n"
+    );
+    std::fs::write(dir.join("edge.toml"), config).expect("write the configuration");
+    let boot = crate::disk::find(image, "boot").expect("the boot partition");
+    for name in ["edge.toml", "update.pub", "update-ca.pem"] {
+        let status = Command::new("mcopy")
+            .env("MTOOLS_SKIP_CHECK", "1")
+            .arg("-o")
+            .arg("-i")
+            .arg(format!("{}@@{}", image.display(), boot.offset()))
+            .arg(dir.join(name))
+            .arg(format!("::{name}"))
+            .status()
+            .expect("run mcopy (run ./dev deps)");
+        assert!(status.success(), "mcopy {name}: {status}");
     }
 }

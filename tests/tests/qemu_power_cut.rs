@@ -10,17 +10,17 @@
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use edge_tests::rig::{chosen_slot, BootOptions, CHOSE_SLOT, MARKED_GOOD, SERVER_IN_BOX};
-use edge_tests::update_server::{Offer, UpdateServer, CHANNEL_PATH};
-use edge_tests::{bootstate, disk, repo_root, FactoryDisk, RunningBox, ScratchDir};
+use edge_tests::rig::{
+    chosen_slot, provision_for_channel, BootOptions, CHOSE_SLOT, COMPATIBLE, MARKED_GOOD,
+    SERVER_IN_BOX,
+};
+use edge_tests::update_server::{Offer, UpdateServer};
+use edge_tests::{bootstate, repo_root, FactoryDisk, RunningBox, ScratchDir};
 use image::bundle::{build_bundle, BundleSpec};
 use image::keys::SigningKey;
-
-const COMPATIBLE: &str = "edge-qemu-aarch64";
 
 /// The window after slot A is marked good in which the cut falls. Here the
 /// download and install take about 7 to 9 s and slot B is up about 6 s
@@ -69,28 +69,7 @@ fn provisioned(dir: &Path, key: &SigningKey, server: &UpdateServer) -> PathBuf {
     let image = factory()
         .copy_to(&dir.join("disk.img"))
         .expect("copy the factory disk image");
-    std::fs::write(dir.join("update.pub"), key.public_key().to_line()).expect("write");
-    std::fs::write(dir.join("update-ca.pem"), server.ca_pem()).expect("write");
-    let config = format!(
-        "[mux]\nlisten = \"0.0.0.0:443\"\n\n[update]\ncompatible = \"{COMPATIBLE}\"\n\
-         keys = [\"/boot/update.pub\"]\nserver_ca = \"/boot/update-ca.pem\"\n\
-         channel = \"https://{SERVER_IN_BOX}{CHANNEL_PATH}\"\npoll_interval = \"1s\"\n\
-         health_deadline = \"120s\"\n"
-    );
-    std::fs::write(dir.join("edge.toml"), config).expect("write");
-    let boot = disk::find(&image, "boot").expect("the boot partition");
-    for name in ["edge.toml", "update.pub", "update-ca.pem"] {
-        let status = Command::new("mcopy")
-            .env("MTOOLS_SKIP_CHECK", "1")
-            .arg("-o")
-            .arg("-i")
-            .arg(format!("{}@@{}", image.display(), boot.offset()))
-            .arg(dir.join(name))
-            .arg(format!("::{name}"))
-            .status()
-            .expect("run mcopy (run ./dev deps)");
-        assert!(status.success(), "mcopy {name}: {status}");
-    }
+    provision_for_channel(&image, dir, &key.public_key().to_line(), server.ca_pem());
     image
 }
 

@@ -5,18 +5,17 @@
 
 use std::net::IpAddr;
 use std::path::Path;
-use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use edge_tests::rig::{chosen_slot, BootOptions, CHOSE_SLOT, MARKED_GOOD, SERVER_IN_BOX};
-use edge_tests::update_server::{Offer, UpdateServer, CHANNEL_PATH};
-use edge_tests::{bootstate, disk, repo_root, wait_healthy, FactoryDisk, RunningBox, ScratchDir};
+use edge_tests::rig::{
+    chosen_slot, provision_for_channel, BootOptions, CHOSE_SLOT, COMPATIBLE, MARKED_GOOD,
+    SERVER_IN_BOX,
+};
+use edge_tests::update_server::{Offer, UpdateServer};
+use edge_tests::{bootstate, repo_root, wait_healthy, FactoryDisk, RunningBox, ScratchDir};
 use image::bundle::{build_bundle, BundleSpec};
 use image::keys::SigningKey;
-
-/// The rig's compatibility string (tests/qemu/edge.toml).
-const COMPATIBLE: &str = "edge-qemu-aarch64";
 
 fn factory() -> &'static FactoryDisk {
     static DISK: OnceLock<FactoryDisk> = OnceLock::new();
@@ -73,23 +72,11 @@ fn provisioned_with(
     )
     .expect("start the update server");
 
-    let dir = scratch.path();
-    std::fs::write(dir.join("update.pub"), key.public_key().to_line()).expect("write");
-    std::fs::write(dir.join("update-ca.pem"), server.ca_pem()).expect("write");
-    let config = format!(
-        "[mux]\nlisten = \"0.0.0.0:443\"\n\n[update]\ncompatible = \"{COMPATIBLE}\"\n\
-         keys = [\"/boot/update.pub\"]\nserver_ca = \"/boot/update-ca.pem\"\n\
-         channel = \"https://{SERVER_IN_BOX}{CHANNEL_PATH}\"\npoll_interval = \"1s\"\n\
-         health_deadline = \"120s\"\n"
-    );
-    std::fs::write(dir.join("edge.toml"), config).expect("write");
-    put_on_boot_partition(
+    provision_for_channel(
         &image,
-        &[
-            ("edge.toml", &dir.join("edge.toml")),
-            ("update.pub", &dir.join("update.pub")),
-            ("update-ca.pem", &dir.join("update-ca.pem")),
-        ],
+        scratch.path(),
+        &key.public_key().to_line(),
+        server.ca_pem(),
     );
     (image, server)
 }
@@ -100,23 +87,6 @@ fn boot(image: &Path, server: &UpdateServer) -> RunningBox {
         allow_reboot: true,
     };
     RunningBox::boot_with(image, &options).expect("start QEMU")
-}
-
-/// Puts `files` on the disk's FAT boot partition, replacing what is there.
-fn put_on_boot_partition(image: &Path, files: &[(&str, &Path)]) {
-    let boot = disk::find(image, "boot").expect("the boot partition");
-    for (name, file) in files {
-        let status = Command::new("mcopy")
-            .env("MTOOLS_SKIP_CHECK", "1")
-            .arg("-o")
-            .arg("-i")
-            .arg(format!("{}@@{}", image.display(), boot.offset()))
-            .arg(file)
-            .arg(format!("::{name}"))
-            .status()
-            .expect("run mcopy (run ./dev deps)");
-        assert!(status.success(), "mcopy {name}: {status}");
-    }
 }
 
 #[test]
@@ -145,14 +115,7 @@ fn an_update_from_the_channel_boots_slot_b_and_is_marked_good() {
     assert_eq!(server.bundle_requests(), vec![None], "one whole download");
     drop(edge_box);
 
-    for (copy, state) in bootstate::read_both(&image)
-        .expect("read the boot state")
-        .into_iter()
-        .enumerate()
-    {
-        let vars = state.unwrap_or_else(|e| panic!("copy {copy}: {e}"));
-        assert_eq!(vars, bootstate::state_vars("B A", 3, 3), "copy {copy}");
-    }
+    bootstate::assert_both(&image, "B A", 3, 3);
     eprintln!(
         "qemu update: installed {:.1} s and slot B marked good {:.1} s after QEMU was launched",
         installed_at.as_secs_f64(),
@@ -204,14 +167,7 @@ fn an_update_that_never_comes_up_rolls_back_after_three_tries() {
     );
     drop(edge_box);
 
-    for (copy, state) in bootstate::read_both(&image)
-        .expect("read the boot state")
-        .into_iter()
-        .enumerate()
-    {
-        let vars = state.unwrap_or_else(|e| panic!("copy {copy}: {e}"));
-        assert_eq!(vars, bootstate::state_vars("A B", 3, 0), "copy {copy}");
-    }
+    bootstate::assert_both(&image, "A B", 3, 0);
 }
 
 #[test]
@@ -245,12 +201,5 @@ fn a_tampered_bundle_is_refused_without_a_reboot() {
     );
     drop(edge_box);
 
-    for (copy, state) in bootstate::read_both(&image)
-        .expect("read the boot state")
-        .into_iter()
-        .enumerate()
-    {
-        let vars = state.unwrap_or_else(|e| panic!("copy {copy}: {e}"));
-        assert_eq!(vars, bootstate::state_vars("A B", 3, 3), "copy {copy}");
-    }
+    bootstate::assert_both(&image, "A B", 3, 3);
 }
