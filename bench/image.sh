@@ -18,7 +18,9 @@ readonly COMPATIBLE=edge-qemu-aarch64
 work=$(mktemp -d)
 qemu_pid=
 cleanup() {
-    [[ -n $qemu_pid ]] && kill "$qemu_pid" 2>/dev/null || true
+    if [[ -n $qemu_pid ]]; then
+        kill "$qemu_pid" 2>/dev/null || true
+    fi
     rm -rf "$work"
 }
 trap cleanup EXIT
