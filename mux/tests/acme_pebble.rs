@@ -58,7 +58,7 @@ async fn issues_a_certificate_the_mux_serves() {
     assert_eq!(served_serial(running.addr, &root).await, serial);
 
     // RFC 8737 §3 handshakes find no challenge certificate left behind.
-    let (probe, _) = common::recording_client(&["acme-tls/1"]);
+    let probe = common::any_cert_client(&["acme-tls/1"]);
     assert!(common::connect(running.addr, probe, DOMAIN).await.is_err());
 
     // The state directory holds the account and the certificate, private.

@@ -20,12 +20,11 @@ fn replace_file(path: &Path, text: &str) {
 }
 
 async fn served_leaf(mux: &Running) -> rustls::pki_types::CertificateDer<'static> {
-    let (client, seen) = recording_client(&["h2"]);
-    let _tls = connect(mux.addr, client, "app.example.org")
+    let client = any_cert_client(&["h2"]);
+    let tls = connect(mux.addr, client, "app.example.org")
         .await
         .expect("handshake");
-    let leaf = seen.lock().expect("lock").leaf.clone();
-    leaf.expect("leaf seen")
+    common::served_leaf(&tls)
 }
 
 #[tokio::test]

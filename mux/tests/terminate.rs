@@ -46,13 +46,13 @@ async fn certificates_are_chosen_by_name() {
         read_tag(&mut tls).await,
         "https sni=app.example.org route=default"
     );
-    let leaf = tls.get_ref().1.peer_certificates().expect("certs")[0].clone();
+    let leaf = served_leaf(&tls);
     assert_eq!(leaf, exact.der);
 
     let tls = connect(mux.addr, client, "other.example.org")
         .await
         .expect("wildcard verifies");
-    let leaf = tls.get_ref().1.peer_certificates().expect("certs")[0].clone();
+    let leaf = served_leaf(&tls);
     assert_eq!(leaf, wild.der);
 }
 
@@ -61,7 +61,7 @@ async fn unknown_missing_and_ip_names_get_the_default_handshake() {
     let (_pki, exact, _wild, mux) = setup().await;
     let mut outcomes = Vec::new();
     for name in ["app.example.org", "unknown.example.net", "127.0.0.1"] {
-        let (client, seen) = recording_client(&["h2", "http/1.1"]);
+        let client = any_cert_client(&["h2", "http/1.1"]);
         let mut tls = connect(mux.addr, client, name).await.expect("handshake");
         let (_, session) = tls.get_ref();
         outcomes.push((
@@ -70,7 +70,7 @@ async fn unknown_missing_and_ip_names_get_the_default_handshake() {
             session.negotiated_key_exchange_group().map(|g| g.name()),
             session.alpn_protocol().map(<[u8]>::to_vec),
         ));
-        let leaf = seen.lock().expect("lock").leaf.clone().expect("leaf seen");
+        let leaf = served_leaf(&tls);
         // The configured name gets its own certificate; every other
         // hello gets the default, which is the first configured one.
         assert_eq!(leaf, exact.der, "{name}");
@@ -89,7 +89,7 @@ async fn unknown_missing_and_ip_names_get_the_default_handshake() {
 async fn first_bytes_choose_the_service_without_alpn() {
     let (_pki, _exact, _wild, mux) = setup().await;
 
-    let (client, _) = recording_client(&[]);
+    let client = any_cert_client(&[]);
     let mut tls = connect(mux.addr, client.clone(), "any.example.org")
         .await
         .expect("handshake");
@@ -143,7 +143,7 @@ async fn a_route_can_name_its_service() {
 #[tokio::test]
 async fn acme_probe_without_challenge_fails_like_any_bad_hello() {
     let (_pki, _exact, _wild, mux) = setup().await;
-    let (client, _) = recording_client(&["acme-tls/1"]);
+    let client = any_cert_client(&["acme-tls/1"]);
     let result = connect(mux.addr, client, "app.example.org").await;
     assert!(result.is_err(), "no challenge certificate pending");
     assert!(

@@ -3,7 +3,7 @@
 #![allow(dead_code, unreachable_pub)]
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use mux::certs::{self, CertStore, Entry, Source};
@@ -12,9 +12,8 @@ use mux::metrics::Metrics;
 use mux::server::Mux;
 use mux::service::{BoxFuture, BoxStream, ConnInfo, Service, ServiceName, Services};
 use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::ClientConfig;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
@@ -144,84 +143,20 @@ impl Service for Tagger {
     }
 }
 
-/// What a client saw of the server during the handshake.
-#[derive(Debug, Default, Clone)]
-pub struct Seen {
-    pub leaf: Option<CertificateDer<'static>>,
-}
-
-/// Accepts any certificate (the tests compare which one was served) but
-/// still checks the handshake signatures with it.
-#[derive(Debug)]
-struct Recording {
-    seen: Arc<Mutex<Seen>>,
-    provider: Arc<rustls::crypto::CryptoProvider>,
-}
-
-impl ServerCertVerifier for Recording {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        self.seen.lock().expect("lock").leaf = Some(end_entity.clone().into_owned());
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
-}
-
-/// A client configuration that records the served leaf, offering `alpn`.
-pub fn recording_client(alpn: &[&str]) -> (Arc<ClientConfig>, Arc<Mutex<Seen>>) {
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let seen = Arc::new(Mutex::new(Seen::default()));
-    let verifier = Recording {
-        seen: Arc::clone(&seen),
-        provider: Arc::clone(&provider),
-    };
-    let mut config = ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .expect("versions")
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(verifier))
-        .with_no_client_auth();
+/// A client configuration that accepts any certificate (the tests compare
+/// which one was served, from `peer_certificates`) but still checks the
+/// handshake signatures with it, offering `alpn`.
+pub fn any_cert_client(alpn: &[&str]) -> Arc<ClientConfig> {
+    let shared = edge_tests::https::client_config().expect("test client configuration");
+    let mut config = (*shared).clone();
     config.alpn_protocols = alpn.iter().map(|a| a.as_bytes().to_vec()).collect();
-    (Arc::new(config), seen)
+    Arc::new(config)
+}
+
+/// The leaf certificate the server presented.
+pub fn served_leaf(tls: &TlsStream<TcpStream>) -> CertificateDer<'static> {
+    let certs = tls.get_ref().1.peer_certificates().expect("certificates");
+    certs.first().expect("a leaf").clone().into_owned()
 }
 
 /// A client configuration that trusts only `ca`, offering `alpn`.
