@@ -80,11 +80,6 @@ impl RouteTable {
     pub fn default_route(&self) -> &Route {
         &self.default
     }
-
-    /// Every route, the default last.
-    pub fn routes(&self) -> impl Iterator<Item = &Route> {
-        self.routes.iter().chain(std::iter::once(&self.default))
-    }
 }
 
 impl Route {

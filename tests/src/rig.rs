@@ -205,24 +205,6 @@ pub fn cmdline_value<'a>(line: &'a str, key: &str) -> Option<&'a str> {
         .find_map(|word| word.strip_prefix(key)?.strip_prefix('='))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn reads_the_markers() {
-        assert_eq!(chosen_slot("edge-boot: chose slot B"), Some("B"));
-        assert_eq!(chosen_slot("edge-boot: chose slot B\r"), Some("B"));
-        assert_eq!(chosen_slot("something else"), None);
-
-        let line = "edge-init: kernel 6.1.0-57-arm64, command line: console=ttyAMA0 \
-                    panic=-1 quiet edge.slot=A root=PARTUUID=99b5 ro";
-        assert_eq!(cmdline_value(line, "edge.slot"), Some("A"));
-        assert_eq!(cmdline_value(line, "root"), Some("PARTUUID=99b5"));
-        assert_eq!(cmdline_value(line, "slot"), None);
-    }
-}
-
 /// The rig's compatibility string (tests/qemu/edge.toml).
 pub const COMPATIBLE: &str = "edge-qemu-aarch64";
 
@@ -252,5 +234,23 @@ pub fn provision_for_channel(image: &Path, dir: &Path, key_line: &str, ca_pem: &
             .status()
             .expect("run mcopy (run ./dev deps)");
         assert!(status.success(), "mcopy {name}: {status}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_markers() {
+        assert_eq!(chosen_slot("edge-boot: chose slot B"), Some("B"));
+        assert_eq!(chosen_slot("edge-boot: chose slot B\r"), Some("B"));
+        assert_eq!(chosen_slot("something else"), None);
+
+        let line = "edge-init: kernel 6.1.0-57-arm64, command line: console=ttyAMA0 \
+                    panic=-1 quiet edge.slot=A root=PARTUUID=99b5 ro";
+        assert_eq!(cmdline_value(line, "edge.slot"), Some("A"));
+        assert_eq!(cmdline_value(line, "root"), Some("PARTUUID=99b5"));
+        assert_eq!(cmdline_value(line, "slot"), None);
     }
 }
