@@ -11,6 +11,9 @@
 #                   (an update server of a test); default: none
 #   EDGE_RIG_REBOOT "allow" lets the box reboot (an update does); default:
 #                   a reboot ends QEMU
+#   EDGE_RIG_DRIVE  a raw image attached as a second virtio disk (/dev/vdb in
+#                   the box), for a measurement's own files (bench/image.sh);
+#                   default: none
 #
 # The disk image is written to: the boot script counts tries in its bootstate
 # partition and the box writes to its boot and data partitions. Boot a copy
@@ -53,12 +56,18 @@ main() {
     fi
     local reboot=(-no-reboot)
     [[ ${EDGE_RIG_REBOOT:-} == allow ]] && reboot=()
+    # After the boot disk, which stays U-Boot's `virtio 0` and the box's vda.
+    local extra=()
+    if [[ -n ${EDGE_RIG_DRIVE:-} ]]; then
+        extra=(-drive "if=none,file=$EDGE_RIG_DRIVE,format=raw,id=hd1" -device "virtio-blk-pci,drive=hd1")
+    fi
 
     exec qemu-system-aarch64 \
         -M virt -cpu cortex-a57 -m 512 -nographic "${reboot[@]}" \
         -bios "$UBOOT" \
         -drive "if=none,file=$disk,format=raw,id=hd0" \
         -device virtio-blk-pci,drive=hd0 \
+        "${extra[@]}" \
         -netdev "$netdev" \
         -device virtio-net-pci,netdev=n0,romfile= \
         -device virtio-rng-pci

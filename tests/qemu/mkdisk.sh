@@ -17,6 +17,11 @@
 #   rootfs.squashfs  busybox, /usr/bin/edge, image/rootfs-overlay
 #   data.ext4        empty ext4 labelled data
 #
+# EDGE_RIG_EXTRA_OVERLAY, when set, names a directory laid over the root after
+# image/rootfs-overlay (its files win). It is for measurements that need the
+# box to run something of their own (bench/image.sh); the factory image and
+# the tests never set it.
+#
 # Needs the rig cache (`./dev deps`) and, on the host, genimage, mkimage and
 # mkenvimage (u-boot-tools), mkfs.vfat and mcopy, mkfs.ext4, mksquashfs, cpio,
 # modinfo and qemu-aarch64-static.
@@ -88,6 +93,10 @@ make_rootfs_squashfs() {
     install_busybox "$dir"
     install -m 755 "$edge" "$dir/usr/bin/edge"
     cp -a "$OVERLAY/." "$dir/"
+    if [[ -n ${EDGE_RIG_EXTRA_OVERLAY:-} ]]; then
+        [[ -d $EDGE_RIG_EXTRA_OVERLAY ]] || die "no directory at $EDGE_RIG_EXTRA_OVERLAY"
+        cp -a "$EDGE_RIG_EXTRA_OVERLAY/." "$dir/"
+    fi
     # Programs that expect a writable /var find tmpfs there.
     ln -s ../run "$dir/var/run"
     ln -s ../tmp "$dir/var/tmp"
