@@ -8,6 +8,8 @@ use std::time::Duration;
 use mux::config::{MuxConfig, TlsConfig};
 use serde::Deserialize;
 
+use crate::update::window::RebootWindow;
+
 /// The whole configuration file.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -69,6 +71,12 @@ pub struct UpdateConfig {
     /// Default: true; tests that run the box on a host turn it off.
     #[serde(default = "default_true")]
     pub reboot: bool,
+    /// When `edge run` may reboot into an update it installed from the
+    /// channel: a daily window in UTC, `"02:00-04:00"`, wrapping midnight
+    /// when the end is earlier (`"23:30-01:00"`). Default: none (at once).
+    /// The reboot after a failed health check never waits, nor does
+    /// `edge update install`.
+    pub reboot_window: Option<RebootWindow>,
 }
 
 fn default_poll_interval() -> Duration {

@@ -8,15 +8,15 @@
 //! refused, tampered or interrupted install leaves the box as it was.
 //!
 //! [`state`] keeps what must survive a reboot and decides, after a boot,
-//! whether an update stuck.
-//!
-//! Not here yet: downloading over HTTPS with resume and polling a channel;
-//! see docs/update.md.
+//! whether an update stuck. [`window`] decides when the box may reboot into
+//! an installed update. [`download`] and [`channel`] fetch bundles over
+//! HTTPS; [`supervise`] is the async shell that runs it all in `edge run`.
 
 pub mod channel;
 pub mod download;
 pub mod state;
 pub mod supervise;
+pub mod window;
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
