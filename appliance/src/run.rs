@@ -3,6 +3,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use anyhow::Context as _;
 use axum::http::header::CONTENT_TYPE;
@@ -20,7 +21,8 @@ use tracing_subscriber::EnvFilter;
 
 use crate::config::{Config, MetricsConfig, UpdateConfig};
 use crate::https::Https;
-use crate::update::supervise::{after_boot_check, poll_channel, Verdict};
+use crate::update::state::Pending;
+use crate::update::supervise::{after_boot_check, poll_channel, wait_for_reboot_window, Verdict};
 
 /// Runs the box until SIGTERM or SIGINT.
 pub fn main(config: Config) -> anyhow::Result<()> {
@@ -131,15 +133,24 @@ async fn supervise_slot(update: UpdateConfig, addr: SocketAddr) {
         Ok(Verdict::MarkedGood(_)) => {
             if let Some(url) = update.channel.clone() {
                 let pending = poll_channel(update.clone(), url).await;
-                info!(version = %pending.version, slot = %pending.slot, "update installed");
-                if update.reboot {
-                    reboot("update installed");
-                }
+                reboot_into(&update, &pending).await;
             }
         }
+        Ok(Verdict::AwaitingReboot(pending)) => reboot_into(&update, &pending).await,
         Ok(Verdict::Unhealthy) if update.reboot => reboot("the health check did not pass in time"),
         Ok(Verdict::Unhealthy) => warn!("unhealthy; not rebooting, as configured"),
         Err(e) => warn!(error = %e, "slot supervision unavailable"),
+    }
+}
+
+/// Reboots into an installed update once its reboot window allows.
+async fn reboot_into(update: &UpdateConfig, pending: &Pending) {
+    let window = update.reboot_window.as_ref();
+    wait_for_reboot_window(window, pending, SystemTime::now).await;
+    if update.reboot {
+        reboot("update installed");
+    } else {
+        warn!("update installed; not rebooting, as configured");
     }
 }
 

@@ -330,6 +330,37 @@ impl Host {
         }
     }
 
+    /// Runs the box until its log, at the default `info`, holds `needle`;
+    /// returns the log.
+    fn run_until_logged(&self, needle: &str) -> String {
+        let log = self.disk.dir.join("edge.log");
+        let child = self
+            .edge()
+            .env_remove("RUST_LOG")
+            .stderr(File::create(&log).expect("log file"))
+            .args(["run", "--config"])
+            .arg(&self.config)
+            .spawn()
+            .expect("start edge");
+        let mut running = KillOnDrop(child);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let text = fs::read_to_string(&log).expect("read log");
+            if text.contains(needle) {
+                return text;
+            }
+            assert!(
+                running.0.try_wait().expect("wait").is_none(),
+                "edge exited: {text}"
+            );
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no {needle:?} in 60 s: {text}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+
     fn install(&self, bundle: &[u8]) -> std::process::Output {
         let path = self.disk.dir.join("update.bundle");
         fs::write(&path, bundle).expect("bundle");
@@ -497,11 +528,11 @@ fn a_download_from_an_untrusted_server_is_refused() {
     assert_eq!(host.disk.snapshot(), before);
 }
 
-#[test]
-fn a_newer_release_on_the_channel_is_installed_once_the_slot_is_good() {
-    let host = Host::new("channel");
+/// Points `host` at a channel offering 1.2.3, read every 200 ms, with
+/// `extra` keys in `[update]`.
+fn subscribe(host: &Host, extra: &str) -> UpdateServer {
     let server = update_server(
-        &host,
+        host,
         Offer {
             bundle: bundle(&host.key, COMPATIBLE, 6),
             channel: Some(("1.2.3".into(), COMPATIBLE.into())),
@@ -510,8 +541,15 @@ fn a_newer_release_on_the_channel_is_installed_once_the_slot_is_good() {
     );
     let channel = url(&server, CHANNEL_PATH);
     let config = fs::read_to_string(&host.config).expect("config");
-    let polled = format!("[update]\nchannel = \"{channel}\"\npoll_interval = \"200ms\"\n");
+    let polled = format!("[update]\nchannel = \"{channel}\"\npoll_interval = \"200ms\"\n{extra}");
     fs::write(&host.config, config.replace("[update]\n", &polled)).expect("config");
+    server
+}
+
+#[test]
+fn a_newer_release_on_the_channel_is_installed_once_the_slot_is_good() {
+    let host = Host::new("channel");
+    let _server = subscribe(&host, "");
 
     host.run_until(|state, boot| {
         state
@@ -522,4 +560,68 @@ fn a_newer_release_on_the_channel_is_installed_once_the_slot_is_good() {
     });
     let (_, rootfs) = payloads();
     assert!(starts_with_file(&host.disk.partitions.rootfs[1], &rootfs));
+}
+
+/// A daily window `from_now` to `from_now + 1 h` away from the host's UTC
+/// time of day, as `reboot_window` spells it; `from_now` may be negative.
+fn window_from_now(from_now: i64) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("a clock after 1970")
+        .as_secs();
+    let minute_of_day = |offset: i64| {
+        let second = (now as i64 + offset).rem_euclid(86_400);
+        format!("{:02}:{:02}", second / 3600, second % 3600 / 60)
+    };
+    format!(
+        "{}-{}",
+        minute_of_day(from_now),
+        minute_of_day(from_now + 3600)
+    )
+}
+
+#[test]
+fn outside_the_reboot_window_an_installed_update_waits_for_it() {
+    let host = Host::new("window-closed");
+    let window = window_from_now(2 * 3600);
+    let _server = subscribe(&host, &format!("reboot_window = \"{window}\"\n"));
+
+    let log = host.run_until_logged("update 1.2.3 installed, reboot at ");
+    // The box decided to wait: the reboot it would otherwise request at once
+    // (here only logged, as `reboot = false`) has not been asked for.
+    assert!(
+        !log.contains("not rebooting, as configured"),
+        "rebooted outside {window}: {log}"
+    );
+    let pending = host.state().pending.expect("the install is recorded");
+    assert_eq!(
+        (pending.version.as_str(), pending.slot.as_str()),
+        ("1.2.3", "B")
+    );
+    let boot = read_boot_state(&host.disk.partitions.bootstate).expect("read");
+    assert_eq!(boot.state.primary(), Slot::B);
+
+    // `edge` restarts (init respawns it) while the update waits: that is no
+    // rollback, and the box goes on waiting for the same window.
+    let log = host.run_until_logged("update 1.2.3 installed, reboot at ");
+    assert!(log.contains("installed update awaits its reboot"), "{log}");
+    assert!(!log.contains("installing update"), "installed again: {log}");
+    let state = host.state();
+    assert_eq!(state.pending.map(|p| p.version), Some("1.2.3".to_owned()));
+    assert!(state.last_rollback.is_none(), "{:?}", state.last_rollback);
+    let boot = read_boot_state(&host.disk.partitions.bootstate).expect("read");
+    assert_eq!(boot.state.primary(), Slot::B);
+    assert_eq!(boot.state.tries_left(Slot::B), 3);
+}
+
+#[test]
+fn inside_the_reboot_window_an_installed_update_reboots_at_once() {
+    let host = Host::new("window-open");
+    let window = window_from_now(-1800);
+    let _server = subscribe(&host, &format!("reboot_window = \"{window}\"\n"));
+
+    let log = host.run_until_logged("update installed; not rebooting, as configured");
+    assert!(!log.contains("reboot at"), "waited inside {window}: {log}");
+    let pending = host.state().pending.expect("the install is recorded");
+    assert_eq!(pending.version, "1.2.3");
 }

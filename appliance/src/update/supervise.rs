@@ -5,9 +5,9 @@ use std::fs::File;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
-use image::bootstate::Slot;
+use image::bootstate::{BootState, Slot, MAX_TRIES};
 use image::keys::PublicKey;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tracing::{error, info, warn};
@@ -15,6 +15,7 @@ use tracing::{error, info, warn};
 use super::channel::{self, Decision};
 use super::download;
 use super::state::{after_boot, AfterBoot, Pending, UpdateState};
+use super::window::{reboot_at, Reboot, RebootWindow};
 use super::{
     booted_slot, install, read_boot_state, write_boot_state, InstallPolicy, Partitions, UpdateError,
 };
@@ -23,6 +24,11 @@ use crate::config::UpdateConfig;
 /// Pause between two health checks of a fresh boot.
 const HEALTH_RETRY: Duration = Duration::from_secs(2);
 
+/// Longest pause between two readings of the wall clock while an installed
+/// update waits for its reboot window: a clock that steps (the first time
+/// synchronisation after boot) is honoured within this much.
+const WINDOW_RECHECK: Duration = Duration::from_secs(60);
+
 /// What the box found out about its own slot.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
@@ -30,11 +36,17 @@ pub enum Verdict {
     MarkedGood(Slot),
     /// The health check did not pass within the deadline.
     Unhealthy,
+    /// The running slot is marked good, and an update installed during this
+    /// boot still waits for the reboot into it: `edge` restarted while the
+    /// update waited for its reboot window (or after `edge update install
+    /// --no-reboot`). The caller reboots into it as after an install.
+    AwaitingReboot(Pending),
 }
 
 /// After a boot: records a rollback if there was one, then checks the box's
 /// own health on `mux` until `config.health_deadline`, and marks the running
-/// slot good when it passes.
+/// slot good when it passes. An update installed during this very boot is
+/// not a rollback: it is handed back as [`Verdict::AwaitingReboot`].
 pub async fn after_boot_check(
     config: &UpdateConfig,
     mux: SocketAddr,
@@ -46,7 +58,10 @@ pub async fn after_boot_check(
     let mut state = UpdateState::load(&config.state_dir)?;
     let boot = read_boot_state(&partitions.bootstate)?.state;
 
-    if let AfterBoot::RolledBack(reason) = after_boot(&state, &boot, booted) {
+    let waiting = awaiting_reboot(&state, &boot, booted);
+    if let Some(pending) = &waiting {
+        info!(version = %pending.version, slot = %pending.slot, "installed update awaits its reboot");
+    } else if let AfterBoot::RolledBack(reason) = after_boot(&state, &boot, booted) {
         warn!(slot = %booted, %reason, "update rolled back");
         state.record_rollback(&reason);
         state.save(&config.state_dir)?;
@@ -63,7 +78,24 @@ pub async fn after_boot_check(
     state.record_good(booted);
     state.save(&config.state_dir)?;
     info!(slot = %booted, "slot marked good");
-    Ok(Verdict::MarkedGood(booted))
+    Ok(match waiting {
+        Some(pending) => Verdict::AwaitingReboot(pending),
+        None => Verdict::MarkedGood(booted),
+    })
+}
+
+/// The pending update, when it was installed during this boot and the box
+/// has not rebooted since. The running slot is not the update's, yet the
+/// update's slot is first in `BOOT_ORDER` with all its tries left: the boot
+/// chooser spends a try of whatever slot it boots, so it has not run since
+/// the install switched the order. (`after_boot` would call this
+/// inconsistent and roll the update back; that is right after a boot that
+/// went around the chooser, not after `edge` merely restarted.)
+fn awaiting_reboot(state: &UpdateState, boot: &BootState, booted: Slot) -> Option<Pending> {
+    let pending = state.pending.as_ref()?;
+    let slot = pending.slot.parse::<Slot>().ok()?;
+    let untried = boot.primary() == slot && boot.tries_left(slot) == MAX_TRIES;
+    (slot != booted && untried).then(|| pending.clone())
 }
 
 /// Polls the box's own health endpoint through its own TLS front door.
@@ -158,6 +190,12 @@ impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
 /// Once the running slot is marked good: reads the channel every
 /// `poll_interval` and installs what it names when [`channel::decide`] says
 /// so. Returns the installed update, for the caller to reboot into.
+///
+/// Polling ends with the first install: while the update waits for its
+/// reboot (window), a newer release is not installed over it. The pending
+/// slot is already first in `BOOT_ORDER`, so writing it again would leave a
+/// power cut during the write booting a half-written slot; the newer release
+/// is found by the next poll after the update is marked good.
 pub async fn poll_channel(config: UpdateConfig, url: String) -> Pending {
     let tls = match download::client_config(config.server_ca.as_deref()) {
         Ok(tls) => tls,
@@ -196,6 +234,51 @@ async fn check_channel(
         .await
         .map_err(|e| UpdateError::State(format!("install task: {e}")))??;
     Ok(Some(installed))
+}
+
+/// After `edge run` installed `pending`: returns when the box may reboot
+/// into it. That is at once without a reboot window, inside the window, or
+/// when the wall clock is unset (before 2020); otherwise when the window
+/// next opens. `clock` reads the wall clock; it is read again at least
+/// every [`WINDOW_RECHECK`], so a clock step moves the reboot with it.
+pub async fn wait_for_reboot_window(
+    window: Option<&RebootWindow>,
+    pending: &Pending,
+    clock: impl Fn() -> SystemTime,
+) {
+    let mut announced = None;
+    loop {
+        match reboot_at(window, clock()) {
+            Reboot::Now if announced.is_some() => {
+                info!(version = %pending.version, slot = %pending.slot, "reboot window open");
+                return;
+            }
+            Reboot::Now => {
+                info!(version = %pending.version, slot = %pending.slot, "update installed");
+                return;
+            }
+            Reboot::NowClockUnset => {
+                warn!(
+                    version = %pending.version,
+                    slot = %pending.slot,
+                    "update installed; the clock is unset, so the reboot window is not waited for"
+                );
+                return;
+            }
+            Reboot::Wait { wait, opens } => {
+                if announced != Some(opens) {
+                    let at = humantime_serde::re::humantime::format_rfc3339_seconds(opens);
+                    info!(
+                        slot = %pending.slot,
+                        "update {} installed, reboot at {at}",
+                        pending.version
+                    );
+                    announced = Some(opens);
+                }
+                tokio::time::sleep(wait.min(WINDOW_RECHECK)).await;
+            }
+        }
+    }
 }
 
 /// `interval` plus up to a tenth of it, so that boxes started together do
@@ -270,4 +353,141 @@ fn load_keys(config: &UpdateConfig) -> Result<Vec<PublicKey>, UpdateError> {
                 .map_err(|e| UpdateError::State(format!("{}: {e}", path.display())))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// 2026-12-03T00:00:00Z.
+    const DAY_START: u64 = 1_796_256_000;
+
+    fn pending() -> Pending {
+        Pending {
+            version: "1.2.3".into(),
+            security_version: 6,
+            slot: "B".into(),
+        }
+    }
+
+    fn window(text: &str) -> RebootWindow {
+        text.parse().expect("a valid window")
+    }
+
+    /// A wall clock that reads `hours` after the test day's midnight when
+    /// the test starts, runs with tokio's (paused) time, and steps forward
+    /// by `step` once `step_after` has passed.
+    fn clock(hours: u64, step_after: Duration, step: Duration) -> impl Fn() -> SystemTime {
+        let started = tokio::time::Instant::now();
+        let base = SystemTime::UNIX_EPOCH + Duration::from_secs(DAY_START + hours * 3600);
+        move || {
+            let elapsed = started.elapsed();
+            let stepped = if elapsed >= step_after {
+                step
+            } else {
+                Duration::ZERO
+            };
+            base + elapsed + stepped
+        }
+    }
+
+    fn steady(hours: u64) -> impl Fn() -> SystemTime {
+        clock(hours, Duration::MAX, Duration::ZERO)
+    }
+
+    /// Virtual time `wait_for_reboot_window` took to return.
+    async fn waited(window: Option<&RebootWindow>, clock: impl Fn() -> SystemTime) -> Duration {
+        let started = tokio::time::Instant::now();
+        wait_for_reboot_window(window, &pending(), clock).await;
+        started.elapsed()
+    }
+
+    fn waiting_in(slot: Slot) -> UpdateState {
+        UpdateState {
+            pending: Some(Pending {
+                slot: slot.as_str().into(),
+                ..pending()
+            }),
+            ..UpdateState::default()
+        }
+    }
+
+    #[test]
+    fn an_install_during_this_boot_awaits_its_reboot() {
+        let switched = BootState::default().switch_to(Slot::B);
+        assert_eq!(
+            awaiting_reboot(&waiting_in(Slot::B), &switched, Slot::A),
+            Some(pending())
+        );
+    }
+
+    #[test]
+    fn after_a_boot_through_the_chooser_nothing_awaits_a_reboot() {
+        let state = waiting_in(Slot::B);
+        let switched = BootState::default().switch_to(Slot::B);
+        // The chooser booted B and spent a try: B runs on trial.
+        let (slot, tried) = switched.choose();
+        assert_eq!(slot, Slot::B);
+        assert_eq!(awaiting_reboot(&state, &tried, Slot::B), None);
+        // B used up its tries and the chooser fell back to A: a rollback.
+        let spent = BootState::new(Slot::B, 2, 0).expect("state");
+        assert_eq!(awaiting_reboot(&state, &spent, Slot::A), None);
+        // The switch never reached the disk.
+        assert_eq!(
+            awaiting_reboot(&state, &BootState::default(), Slot::A),
+            None
+        );
+        // Nothing pending.
+        assert_eq!(
+            awaiting_reboot(&UpdateState::default(), &switched, Slot::A),
+            None
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn without_a_window_the_reboot_is_not_delayed() {
+        assert_eq!(waited(None, steady(20)).await, Duration::ZERO);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn inside_the_window_the_reboot_is_not_delayed() {
+        let w = window("19:00-21:00");
+        assert_eq!(waited(Some(&w), steady(20)).await, Duration::ZERO);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn outside_the_window_the_reboot_waits_until_it_opens() {
+        let w = window("02:00-04:00");
+        let hours = |h: u64| Duration::from_secs(h * 3600);
+        assert_eq!(waited(Some(&w), steady(20)).await, hours(6));
+        let w = window("23:30-01:00");
+        assert_eq!(waited(Some(&w), steady(20)).await, hours(3) + hours(1) / 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_clock_step_while_waiting_moves_the_reboot() {
+        // At 20:10 the clock is synchronised five hours forward, to 01:10:
+        // the window at 02:00 is then 50 minutes away, not 5 h 50 min.
+        let w = window("02:00-04:00");
+        let stepped = clock(
+            20,
+            Duration::from_secs(10 * 60),
+            Duration::from_secs(5 * 3600),
+        );
+        assert_eq!(waited(Some(&w), stepped).await, Duration::from_secs(3600));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_clock_stepped_into_the_window_reboots_within_a_recheck() {
+        let w = window("02:00-04:00");
+        let stepped = clock(20, Duration::from_secs(1), Duration::from_secs(7 * 3600));
+        assert_eq!(waited(Some(&w), stepped).await, WINDOW_RECHECK);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_unset_clock_does_not_delay_the_reboot() {
+        let w = window("02:00-04:00");
+        let unset = || SystemTime::UNIX_EPOCH + Duration::from_secs(42);
+        assert_eq!(waited(Some(&w), unset).await, Duration::ZERO);
+    }
 }
