@@ -51,6 +51,8 @@ fn the_example_configuration_is_valid_and_means_what_it_says() {
     let update = config.update.expect("update section");
     assert_eq!(update.compatible, "edge-rpi4-aarch64");
     assert_eq!(update.health_deadline, Duration::from_secs(300));
+    let window = update.reboot_window.expect("reboot window");
+    assert_eq!(window.to_string(), "02:00-04:00");
 
     let out = edge()
         .arg("check-config")
@@ -79,6 +81,14 @@ fn check_config_names_the_offending_key() {
         (
             "[tls.acme]\ndirectory = \"http://x\"\ndomains = [\"a.example\"]\nstate_dir = \"/d\"\n",
             "tls.acme.directory",
+        ),
+        (
+            "[update]\ncompatible = \"x\"\nreboot_window = \"2am-4am\"\n",
+            "reboot_window",
+        ),
+        (
+            "[update]\ncompatible = \"x\"\nreboot_window = \"03:00-03:00\"\n",
+            "reboot_window",
         ),
     ];
     for (i, (text, key)) in cases.iter().enumerate() {
