@@ -60,7 +60,8 @@ pub async fn after_boot_check(
 
     let waiting = awaiting_reboot(&state, &boot, booted);
     if let Some(pending) = &waiting {
-        info!(version = %pending.version, slot = %pending.slot, "installed update awaits its reboot");
+        let (version, slot) = (&pending.version, &pending.slot);
+        info!(%version, %slot, "installed update awaits its reboot");
     } else if let AfterBoot::RolledBack(reason) = after_boot(&state, &boot, booted) {
         warn!(slot = %booted, %reason, "update rolled back");
         state.record_rollback(&reason);
@@ -239,8 +240,8 @@ async fn check_channel(
 /// After `edge run` installed `pending`: returns when the box may reboot
 /// into it. That is at once without a reboot window, inside the window, or
 /// when the wall clock is unset (before 2020); otherwise when the window
-/// next opens. `clock` reads the wall clock; it is read again at least
-/// every [`WINDOW_RECHECK`], so a clock step moves the reboot with it.
+/// next opens. `clock` reads the wall clock, again at least once a minute,
+/// so a clock step moves the reboot with it.
 pub async fn wait_for_reboot_window(
     window: Option<&RebootWindow>,
     pending: &Pending,
