@@ -4,4 +4,6 @@
 pub mod config;
 pub mod https;
 pub mod run;
+pub mod storage;
+mod sys;
 pub mod update;

@@ -1,12 +1,13 @@
 //! `edge`: the whole partner edge box in one binary.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
 use appliance::config::Config;
 use appliance::run;
+use appliance::storage;
 
 /// The partner edge box.
 #[derive(Debug, Parser)]
@@ -32,6 +33,15 @@ enum Command {
     /// A/B updates.
     #[command(subcommand)]
     Update(UpdateCommand),
+    /// Grows the `data` partition to the end of its disk and its mounted
+    /// ext4 file system with it. The system start runs this on every boot;
+    /// once `data` fills the medium it has nothing to do.
+    GrowData {
+        /// The partition's device node, e.g. /dev/mmcblk0p7.
+        device: PathBuf,
+        /// Where its file system is mounted.
+        mountpoint: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -67,6 +77,7 @@ fn main() -> ExitCode {
             bundle,
             no_reboot,
         }) => update_install(&config, &bundle, no_reboot),
+        Command::GrowData { device, mountpoint } => grow_data(&device, &mountpoint),
         Command::Run { config } => match Config::load(&config) {
             Ok(config) => match run::main(config) {
                 Ok(()) => ExitCode::SUCCESS,
@@ -108,6 +119,30 @@ fn update_install(config: &std::path::Path, bundle: &str, no_reboot: bool) -> Ex
         }
         Err(e) => {
             eprintln!("edge: update refused: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn grow_data(device: &Path, mountpoint: &Path) -> ExitCode {
+    const MIB: u64 = 1 << 20;
+    match storage::grow_data(Path::new("/sys"), device, mountpoint) {
+        Ok(grown) if !grown.grew() => {
+            eprintln!("data fills its medium: {} MiB", grown.fs_after / MIB);
+            ExitCode::SUCCESS
+        }
+        Ok(grown) => {
+            eprintln!(
+                "data grown: partition {} -> {} MiB, file system {} -> {} MiB",
+                grown.partition_before / MIB,
+                grown.partition_after / MIB,
+                grown.fs_before / MIB,
+                grown.fs_after / MIB
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("edge: cannot grow {}: {e}", device.display());
             ExitCode::FAILURE
         }
     }

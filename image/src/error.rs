@@ -174,3 +174,49 @@ pub enum BootStateError {
         capacity: usize,
     },
 }
+
+/// A partition table or file system header on the medium that cannot be read
+/// or grown.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum GptError {
+    /// Fewer bytes than the structure needs.
+    #[error("truncated")]
+    Truncated,
+    /// The header does not start with `EFI PART`.
+    #[error("no GPT signature")]
+    Signature,
+    /// A header revision other than 1.0.
+    #[error("unsupported GPT revision {0:#010x}")]
+    Revision(u32),
+    /// A header size below 92 bytes or beyond its sector.
+    #[error("GPT header size {0} is out of range")]
+    HeaderSize(usize),
+    /// The header CRC does not match.
+    #[error("GPT header CRC mismatch")]
+    HeaderCrc,
+    /// The entry array CRC does not match.
+    #[error("GPT entry array CRC mismatch")]
+    EntriesCrc,
+    /// An entry size that is not a power of two of at least 128 bytes.
+    #[error("GPT entry size {0} is invalid")]
+    EntrySize(usize),
+    /// An entry array that is empty or over a MiB.
+    #[error("GPT entry array length is out of range")]
+    EntriesLength,
+    /// Usable sectors or the medium size do not add up.
+    #[error("GPT geometry is inconsistent with the medium")]
+    Geometry,
+    /// No partition has this name.
+    #[error("no partition named {0:?}")]
+    NoPartition(String),
+    /// The partition is not the last on the medium, so it cannot grow.
+    #[error("partition {0:?} is not the last one")]
+    NotLast(String),
+    /// The medium is smaller than the table says it was.
+    #[error("the medium is smaller than the partition table")]
+    Shrunk,
+    /// Not an ext2/3/4 superblock.
+    #[error("no ext4 superblock")]
+    NotExt4,
+}

@@ -10,12 +10,16 @@
 //! - [`bundle`]: the signed update bundle (docs/bundle.md), read and checked
 //!   incrementally, and written by the host tool.
 //! - [`keys`]: Ed25519 signing keys and their file formats.
+//! - [`gpt`] and [`ext4`]: the partition table and the data file system's
+//!   size, read to grow `data` to the end of the medium on first boot.
 
 pub mod bootstate;
 pub mod bundle;
 pub mod env;
 mod error;
+pub mod ext4;
+pub mod gpt;
 mod hex;
 pub mod keys;
 
-pub use error::{BootStateError, BundleError, Error};
+pub use error::{BootStateError, BundleError, Error, GptError};
