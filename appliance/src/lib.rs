@@ -7,3 +7,4 @@ pub mod run;
 pub mod storage;
 mod sys;
 pub mod update;
+pub mod watchdog;

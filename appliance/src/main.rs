@@ -9,6 +9,11 @@ use appliance::config::Config;
 use appliance::run;
 use appliance::storage;
 
+/// `edge run`'s exit status for a configuration it cannot use (EX_CONFIG of
+/// sysexits.h): the system start does not count it as a crash, since no
+/// reboot or other slot would read a different file.
+const EXIT_CONFIG: u8 = 78;
+
 /// The partner edge box.
 #[derive(Debug, Parser)]
 #[command(name = "edge", version = concat!(env!("CARGO_PKG_VERSION"), " (", env!("EDGE_GIT_REV"), ")"))]
@@ -24,6 +29,10 @@ enum Command {
         /// The configuration file (TOML).
         #[arg(long, short)]
         config: PathBuf,
+        /// A watchdog device to arm and feed, e.g. /dev/watchdog. The
+        /// system start of the image passes it; without it none is used.
+        #[arg(long, value_name = "DEVICE")]
+        watchdog: Option<PathBuf>,
     },
     /// Checks a configuration file and explains every error with its key.
     CheckConfig {
@@ -78,8 +87,8 @@ fn main() -> ExitCode {
             no_reboot,
         }) => update_install(&config, &bundle, no_reboot),
         Command::GrowData { device, mountpoint } => grow_data(&device, &mountpoint),
-        Command::Run { config } => match Config::load(&config) {
-            Ok(config) => match run::main(config) {
+        Command::Run { config, watchdog } => match Config::load(&config) {
+            Ok(config) => match run::main(config, watchdog.as_deref()) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("edge: {e:#}");
@@ -88,7 +97,7 @@ fn main() -> ExitCode {
             },
             Err(e) => {
                 eprintln!("{e}");
-                ExitCode::FAILURE
+                ExitCode::from(EXIT_CONFIG)
             }
         },
     }

@@ -2,6 +2,7 @@
 //! waits for a signal.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -23,9 +24,10 @@ use crate::config::{Config, MetricsConfig, UpdateConfig};
 use crate::https::Https;
 use crate::update::state::Pending;
 use crate::update::supervise::{after_boot_check, poll_channel, wait_for_reboot_window, Verdict};
+use crate::watchdog::Watchdog;
 
-/// Runs the box until SIGTERM or SIGINT.
-pub fn main(config: Config) -> anyhow::Result<()> {
+/// Runs the box until SIGTERM or SIGINT, feeding `watchdog` if one is given.
+pub fn main(config: Config, watchdog: Option<&Path>) -> anyhow::Result<()> {
     init_logging(&config.log.filter);
     // Libraries that build their own rustls configurations (the ACME
     // client's HTTPS) take the process default: make it the one provider
@@ -40,7 +42,26 @@ pub fn main(config: Config) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the runtime")?;
-    runtime.block_on(serve(config))
+    runtime.block_on(async {
+        // Armed first: from here on, a hang anywhere resets the box.
+        let watchdog = match watchdog.map(Watchdog::open).transpose() {
+            Ok(watchdog) => watchdog,
+            Err(e) => {
+                warn!(error = %e, "cannot open the watchdog; running without one");
+                None
+            }
+        };
+        if let Some(watchdog) = &watchdog {
+            tokio::spawn(watchdog.clone().feed_forever());
+        }
+        let result = serve(config).await;
+        // Only a stop that was asked for disarms; a failure leaves the
+        // watchdog armed for whatever starts next, or else resets the box.
+        if let (Ok(()), Some(watchdog)) = (&result, &watchdog) {
+            watchdog.disarm();
+        }
+        result
+    })
 }
 
 fn init_logging(filter: &str) {

@@ -299,3 +299,55 @@ fn no_udp_is_served_on_the_mux_port() {
         "port unreachable"
     );
 }
+
+#[test]
+fn run_with_an_unusable_configuration_exits_with_ex_config() {
+    let path = temp_file("bad-run.toml", "[mux]\nlisten_on = 443\n");
+    let out = edge()
+        .arg("run")
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .expect("run edge");
+    // The system start tells this apart from a crash (etc/init.d/edge).
+    assert_eq!(out.status.code(), Some(78), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("listen_on"), "{stderr}");
+}
+
+/// A regular file stands in for /dev/watchdog: edge writes its keep-alives
+/// to it and, on SIGTERM, the magic `V` that disarms a real one.
+#[test]
+fn run_feeds_the_watchdog_and_disarms_it_on_a_clean_stop() {
+    let port = free_port();
+    let config = temp_file(
+        "watchdog.toml",
+        &format!("[mux]\nlisten = \"127.0.0.1:{port}\"\n"),
+    );
+    let device = temp_file("watchdog", "");
+    let mut running = Running(
+        edge()
+            .arg("run")
+            .arg("--config")
+            .arg(&config)
+            .arg("--watchdog")
+            .arg(&device)
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start edge"),
+    );
+    wait_for_port(port);
+    let fed = std::fs::read(&device).expect("read the stand-in");
+    assert!(fed.starts_with(b"\n"), "{fed:?}");
+    assert!(!fed.contains(&b'V'), "disarmed while running: {fed:?}");
+
+    let pid = running.0.id().to_string();
+    let killed = Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    assert!(running.0.wait().expect("wait").success());
+    let fed = std::fs::read(&device).expect("read the stand-in");
+    assert_eq!(fed.last(), Some(&b'V'), "{fed:?}");
+}

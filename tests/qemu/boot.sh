@@ -47,6 +47,9 @@ main() {
     # romfile=: Debian's QEMU ships no iPXE option ROM unless ipxe-qemu is installed.
     # virtio-rng: the kernel's random pool is ready early, so TLS key generation
     #   in edge does not wait for entropy.
+    # i6300esb: a watchdog on PCI (virt has none of its own) for edge to arm
+    #   and feed; if it stops being fed, QEMU resets the board, which with
+    #   -no-reboot ends QEMU.
     local netdev="user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:$port-:443"
     # guestfwd is the one way out of the restricted network: each connection
     # the box opens to 10.0.2.100:443 becomes an nc to the test's server on
@@ -70,7 +73,8 @@ main() {
         "${extra[@]}" \
         -netdev "$netdev" \
         -device virtio-net-pci,netdev=n0,romfile= \
-        -device virtio-rng-pci
+        -device virtio-rng-pci \
+        -device i6300esb
 }
 
 main "$@"

@@ -21,12 +21,14 @@ source "$(dirname "${BASH_SOURCE[0]}")/rig-lib.sh"
 #   squashfs: the root slots; ext4: the data partition, with crc32c, which
 #     ext4 asks for by name at mount time rather than as a dependency;
 #   vfat and its code pages: the boot partition (Debian's defaults are
-#     code page 437 and iocharset ascii; utf8 for names the partner types).
+#     code page 437 and iocharset ascii; utf8 for names the partner types);
+#   i6300esb: the watchdog boot.sh gives the board, which edge feeds.
 readonly WANTED_MODULES=(
     virtio_pci virtio_blk virtio_net virtio_rng
     squashfs
     crc32c_generic ext4
     vfat nls_cp437 nls_ascii nls_utf8
+    i6300esb
 )
 
 main() {

@@ -7,8 +7,9 @@
 //! kernel, which do check them, are what the tests exercise.
 
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom};
+use std::io::{Read, Seek, SeekFrom, Write as _};
 use std::path::Path;
+use std::process::Command;
 
 use crate::Error;
 
@@ -62,6 +63,57 @@ pub fn find(disk: &Path, name: &str) -> Result<Partition, Error> {
         .into_iter()
         .find(|p| p.name == name)
         .ok_or_else(|| Error::Disk(format!("no partition named {name:?}")))
+}
+
+/// Makes the disk image `bytes` long, as writing it to a larger card does:
+/// the new space reads as zeros and the backup table stays where it was.
+pub fn enlarge(disk: &Path, bytes: u64) -> Result<(), Error> {
+    File::options().write(true).open(disk)?.set_len(bytes)?;
+    Ok(())
+}
+
+/// `sfdisk --verify` (util-linux): both tables, their CRCs, the backup at
+/// the last sector, and partitions inside the usable area.
+pub fn verify_table(disk: &Path) -> Result<(), Error> {
+    let out = Command::new("sfdisk").arg("--verify").arg(disk).output()?;
+    let text = String::from_utf8_lossy(&out.stdout) + String::from_utf8_lossy(&out.stderr);
+    if !out.status.success() || !text.contains("No errors detected") {
+        return Err(Error::Disk(format!("sfdisk --verify: {text}")));
+    }
+    Ok(())
+}
+
+/// Copies partition `part` of `disk` to `dest`, checks the ext4 file system
+/// in the copy with e2fsck (replaying its journal first, as a mount after a
+/// power cut does), and returns its size in bytes as dumpe2fs reports it.
+pub fn check_ext4(disk: &Path, part: &Partition, dest: &Path) -> Result<u64, Error> {
+    let mut from = File::open(disk)?;
+    from.seek(SeekFrom::Start(part.offset()))?;
+    let mut to = File::create(dest)?;
+    std::io::copy(&mut from.take(part.len()), &mut to)?;
+    to.flush()?;
+    // 0: clean; 1: errors corrected, which is what replaying a journal
+    // reports. A second pass must find nothing.
+    for (flags, worst) in [("-fy", 1), ("-fn", 0)] {
+        let out = Command::new("e2fsck").arg(flags).arg(dest).output()?;
+        let code = out.status.code().unwrap_or(i32::MAX);
+        if code > worst {
+            return Err(Error::Disk(format!(
+                "e2fsck {flags} exited {code}: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )));
+        }
+    }
+    let out = Command::new("dumpe2fs").arg("-h").arg(dest).output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|line| line.strip_prefix(name))
+            .and_then(|rest| rest.trim().parse::<u64>().ok())
+            .ok_or_else(|| Error::Disk(format!("dumpe2fs -h shows no {name:?}")))
+    };
+    Ok(field("Block count:")? * field("Block size:")?)
 }
 
 /// Reads the primary GPT header at LBA 1 and the entries it points to.

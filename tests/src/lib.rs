@@ -67,14 +67,17 @@ pub fn repo_root() -> PathBuf {
 /// The aarch64 `edge` binary under test: `$EDGE_BIN` when set (`./dev test`
 /// sets it), else where `./dev build` puts it in a fresh clone.
 pub fn edge_binary() -> PathBuf {
-    match std::env::var_os("EDGE_BIN") {
-        Some(path) => PathBuf::from(path),
-        None => repo_root()
-            .join("target")
-            .join(TARGET)
-            .join("release")
-            .join("edge"),
+    if let Some(path) = std::env::var_os("EDGE_BIN") {
+        return PathBuf::from(path);
     }
+    // Where `./dev build` put it: cargo's target directory, moved by
+    // CARGO_TARGET_DIR as cargo itself does.
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target"))
+        .join(TARGET)
+        .join("release")
+        .join("edge")
 }
 
 /// A TCP port on 127.0.0.1 that was free a moment ago. Another process may

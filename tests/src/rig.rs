@@ -213,17 +213,30 @@ pub const COMPATIBLE: &str = "edge-qemu-aarch64";
 /// `[update]` section, the public key `key_line` and the server's CA.
 /// `dir` holds the files on their way.
 pub fn provision_for_channel(image: &Path, dir: &Path, key_line: &str, ca_pem: &str) {
-    std::fs::write(dir.join("update.pub"), key_line).expect("write the key");
-    std::fs::write(dir.join("update-ca.pem"), ca_pem).expect("write the CA");
     let config = format!(
         "[mux]\nlisten = \"0.0.0.0:443\"\n\n[update]\ncompatible = \"{COMPATIBLE}\"\n\
          keys = [\"/boot/update.pub\"]\nserver_ca = \"/boot/update-ca.pem\"\n\
          channel = \"https://{SERVER_IN_BOX}{CHANNEL_PATH}\"\npoll_interval = \"1s\"\n\
          health_deadline = \"120s\"\n"
     );
-    std::fs::write(dir.join("edge.toml"), config).expect("write the configuration");
+    provision(
+        image,
+        dir,
+        &[
+            ("edge.toml", &config),
+            ("update.pub", key_line),
+            ("update-ca.pem", ca_pem),
+        ],
+    );
+}
+
+/// Puts `files` (name, contents) on the boot partition of `image`, where
+/// the partner's provisioning goes, replacing what is there. `dir` holds
+/// the files on their way.
+pub fn provision(image: &Path, dir: &Path, files: &[(&str, &str)]) {
     let boot = crate::disk::find(image, "boot").expect("the boot partition");
-    for name in ["edge.toml", "update.pub", "update-ca.pem"] {
+    for (name, contents) in files {
+        std::fs::write(dir.join(name), contents).expect("write a provisioning file");
         let status = Command::new("mcopy")
             .env("MTOOLS_SKIP_CHECK", "1")
             .arg("-o")

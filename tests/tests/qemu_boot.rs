@@ -11,12 +11,26 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use edge_tests::rig::{
-    chosen_slot, cmdline_value, CHOSE_SLOT, EDGE_STARTING, INIT_CMDLINE, MARKED_GOOD,
+    chosen_slot, cmdline_value, provision, CHOSE_SLOT, EDGE_STARTING, FATAL, INIT_CMDLINE,
+    MARKED_GOOD,
 };
 use edge_tests::{bootstate, disk, repo_root, wait_healthy, FactoryDisk, RunningBox, ScratchDir};
 
 /// From `edge run` being started to the first 200 on /healthz.
 const HEALTHY_WITHIN: Duration = Duration::from_secs(120);
+
+/// The medium the factory image is written to: larger than the image, so
+/// the first boot grows `data` to its end.
+const MEDIUM: u64 = 512 << 20;
+
+/// What the system start prints when edge grew `data`.
+const DATA_GROWN: &str = "edge-init: data grown: ";
+
+/// edge's log line once it has armed the board's watchdog.
+const WATCHDOG_ARMED: &str = "watchdog armed";
+
+/// What the system start prints before it gives up on a slot's edge.
+const GIVING_UP: &str = "edge-init: edge failed to start 5 times in a row; rebooting";
 
 /// docs/image.md: labels in partition order, and sizes in MiB.
 const LAYOUT: [(&str, u64); 7] = [
@@ -89,6 +103,7 @@ fn factory_image_boots_slot_a_and_serves_healthz() {
     let image = factory()
         .copy_to(&scratch.path().join("disk.img"))
         .expect("copy the factory disk image");
+    disk::enlarge(&image, MEDIUM).expect("enlarge the disk image");
     let mut edge_box = RunningBox::boot(&image).expect("start QEMU through tests/qemu/boot.sh");
 
     let chose = edge_box.expect_line(CHOSE_SLOT);
@@ -96,8 +111,11 @@ fn factory_image_boots_slot_a_and_serves_healthz() {
     assert_eq!(chosen_slot(&chose), Some("A"), "{chose}");
     let cmdline = edge_box.expect_line(INIT_CMDLINE);
     assert_eq!(cmdline_value(&cmdline, "edge.slot"), Some("A"), "{cmdline}");
+    let grown = edge_box.expect_line(DATA_GROWN);
     let starting = edge_box.expect_line(EDGE_STARTING);
     let started_at = edge_box.uptime();
+    let armed = edge_box.expect_line(WATCHDOG_ARMED);
+    assert!(armed.contains("timeout_s=30"), "{armed}");
     assert!(
         starting.ends_with("/boot/edge.toml"),
         "edge did not take the provisioning file from the boot partition: {starting}"
@@ -145,6 +163,8 @@ fn factory_image_boots_slot_a_and_serves_healthz() {
         let vars = state.unwrap_or_else(|e| panic!("copy {copy} after the boot: {e}"));
         assert_eq!(vars, bootstate::state_vars("A B", 3, 3), "copy {copy}");
     }
+    check_data_fills_the_medium(&image, &scratch, &grown);
+
     // Byte for byte what mkenvimage makes of the same variables: the box
     // writes the format U-Boot's `env import -c` reads.
     let expected = mkenvimage(
@@ -170,6 +190,82 @@ fn factory_image_boots_slot_a_and_serves_healthz() {
         started_at.as_secs_f64(),
         healthy_at.as_secs_f64(),
         health.protocol
+    );
+}
+
+/// A slot whose `edge` cannot start (here: a certificate file that is not
+/// there, an error at start-up that is not the configuration's syntax) is
+/// given up on: after five failed starts the system start reboots, so the
+/// boot chooser counts the try. With the rig's -no-reboot, QEMU ends.
+#[test]
+#[ignore = "needs the aarch64 build and the rig cache; run by ./dev test"]
+fn a_slot_whose_edge_cannot_start_reboots() {
+    let scratch = ScratchDir::new("qemu-boot-no-start").expect("scratch directory");
+    let image = factory()
+        .copy_to(&scratch.path().join("disk.img"))
+        .expect("copy the factory disk image");
+    let config = "[mux]\nlisten = \"0.0.0.0:443\"\n\n\
+                  [[tls.certificate]]\ncert = \"/boot/missing.pem\"\nkey = \"/boot/missing.key\"\n";
+    provision(&image, scratch.path(), &[("edge.toml", config)]);
+    let mut edge_box = RunningBox::boot(&image).expect("start QEMU through tests/qemu/boot.sh");
+
+    let fatal: Vec<&str> = FATAL
+        .iter()
+        .copied()
+        .filter(|line| !line.starts_with("edge-init: edge exited"))
+        .collect();
+    edge_box.expect_line_with(GIVING_UP, &fatal);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        match edge_box.qemu().exited() {
+            Ok(Some(status)) => break status,
+            _ if std::time::Instant::now() > deadline => panic!(
+                "the box did not reboot\n--- serial console ---\n{}",
+                edge_box.transcript()
+            ),
+            _ => std::thread::sleep(Duration::from_millis(200)),
+        }
+    };
+    assert!(status.success(), "QEMU: {status}");
+    let transcript = edge_box.transcript();
+    assert_eq!(
+        transcript
+            .matches("edge-init: edge exited with status 1")
+            .count(),
+        5,
+        "{transcript}"
+    );
+}
+
+/// After the first boot on a larger medium, `data` ends within the last MiB
+/// before the backup table, both tables check out, and its file system is
+/// clean and as large as the partition (to the block).
+fn check_data_fills_the_medium(image: &std::path::Path, scratch: &ScratchDir, grown: &str) {
+    const MIB: u64 = 1 << 20;
+    if let Err(e) = disk::verify_table(image) {
+        panic!("the grown partition table: {e}");
+    }
+    let data = disk::find(image, "data").expect("find data after the boot");
+    let end = (data.last_lba + 1) * disk::SECTOR;
+    let usable_end = MEDIUM - 33 * disk::SECTOR;
+    assert!(
+        end <= usable_end && end > usable_end - MIB,
+        "data ends at {end}, the usable area at {usable_end} ({grown})"
+    );
+    let fs = disk::check_ext4(image, &data, &scratch.path().join("data.ext4"))
+        .unwrap_or_else(|e| panic!("data after the boot: {e}"));
+    assert!(
+        data.len() - fs < 4096,
+        "file system {fs} bytes in a partition of {}",
+        data.len()
+    );
+    let expected = format!(
+        "partition 64 -> {mib} MiB, file system 64 -> {mib} MiB",
+        mib = data.len() / MIB
+    );
+    assert!(
+        grown.ends_with(&expected),
+        "{grown:?}, expected {expected:?}"
     );
 }
 

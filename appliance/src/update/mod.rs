@@ -26,6 +26,7 @@ use image::bootstate::{self, BootState, Slot, AREA_LEN};
 use image::bundle::{BundleReader, Manifest, PayloadKind, PayloadStream, PayloadVerifier, Step};
 use image::keys::PublicKey;
 use image::{BootStateError, BundleError};
+use tracing::warn;
 
 /// GPT labels of the partitions the updater touches (docs/image.md).
 const BOOTSTATE_LABEL: &str = "bootstate";
@@ -248,6 +249,7 @@ pub fn install(
     stream_payloads(source, &manifest, &mut targets)?;
     for file in &targets {
         file.sync_all().map_err(io_error("flushing the slot"))?;
+        forget_cached(file);
     }
     for kind in PayloadKind::ALL {
         verify_written(&manifest, kind, &mut targets[kind.index()])?;
@@ -340,6 +342,17 @@ fn stream_payloads(
         }
     }
     Ok(stream.finish()?)
+}
+
+/// Drops the slot's pages from the page cache once they are on the medium,
+/// so that the read-back checks what the medium returns, not the copy the
+/// writes left in memory. Without it the check would still catch a write
+/// that went wrong on the way, but never one the flash did not store.
+fn forget_cached(file: &File) {
+    use nix::fcntl::{posix_fadvise, PosixFadviseAdvice};
+    if let Err(e) = posix_fadvise(file, 0, 0, PosixFadviseAdvice::POSIX_FADV_DONTNEED) {
+        warn!(error = %e, "cannot drop the slot from the page cache; the read-back may be served from memory");
+    }
 }
 
 /// Reads a written payload back from its partition and checks it whole.
