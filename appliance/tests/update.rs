@@ -4,6 +4,7 @@
 //! they were.
 
 use std::fs::{self, File};
+use std::io;
 use std::path::{Path, PathBuf};
 
 use appliance::update::state::UpdateState;
@@ -87,7 +88,13 @@ fn run(disk: &Disk, key: &SigningKey, bytes: &[u8]) -> Result<Slot, UpdateError>
         compatible: COMPATIBLE,
         installed_security_version: 5,
     };
-    install(&mut &bytes[..], &policy, &disk.partitions, Slot::A).map(|done| done.slot)
+    install(
+        &mut io::Cursor::new(bytes),
+        &policy,
+        &disk.partitions,
+        Slot::A,
+    )
+    .map(|done| done.slot)
 }
 
 fn starts_with_file(path: &Path, expected: &[u8]) -> bool {
@@ -624,4 +631,85 @@ fn inside_the_reboot_window_an_installed_update_reboots_at_once() {
     assert!(!log.contains("reboot at"), "waited inside {window}: {log}");
     let pending = host.state().pending.expect("the install is recorded");
     assert_eq!(pending.version, "1.2.3");
+}
+
+/// Writes `bytes` at the start of a partition file, as an earlier install
+/// that was cut off left them.
+fn prefill(path: &Path, bytes: &[u8]) {
+    use std::os::unix::fs::FileExt as _;
+    let file = File::options().write(true).open(path).expect("open");
+    file.write_all_at(bytes, 0).expect("prefill");
+}
+
+#[test]
+fn what_the_slot_already_holds_is_read_back_not_installed_again() {
+    let disk = Disk::new("reuse");
+    let key = SigningKey::generate().expect("key");
+    let bytes = bundle(&key, COMPATIBLE, 6);
+    let (_, manifest) = image::bundle::inspect_unverified(&bytes).expect("manifest");
+    let (kernel, rootfs) = payloads();
+    // A whole kernel, then a rootfs cut three chunks in.
+    prefill(&disk.partitions.kernel[1], &kernel);
+    prefill(&disk.partitions.rootfs[1], &rootfs[..3 * 4096]);
+
+    let trusted = [key.public_key().clone()];
+    let policy = InstallPolicy {
+        trusted: &trusted,
+        compatible: COMPATIBLE,
+        installed_security_version: 5,
+    };
+    let done = install(
+        &mut io::Cursor::new(&bytes),
+        &policy,
+        &disk.partitions,
+        Slot::A,
+    )
+    .expect("install");
+    let rootfs_offset = manifest.payload(image::bundle::PayloadKind::Rootfs).offset();
+    assert_eq!(done.reused, rootfs_offset + 3 * 4096);
+    assert!(starts_with_file(&disk.partitions.kernel[1], &kernel));
+    assert!(starts_with_file(&disk.partitions.rootfs[1], &rootfs));
+}
+
+#[test]
+fn an_install_cut_off_earlier_fetches_only_what_the_slot_lacks() {
+    let host = Host::new("resume-slot");
+    let bytes = bundle(&host.key, COMPATIBLE, 6);
+    let (_, manifest) = image::bundle::inspect_unverified(&bytes).expect("manifest");
+    let (kernel, rootfs) = payloads();
+    // What a power cut mid-install leaves: the kernel, five chunks of the
+    // rootfs, and a torn sixth that must not count.
+    let mut torn = rootfs[..6 * 4096].to_vec();
+    torn[5 * 4096 + 100] ^= 0xff;
+    prefill(&host.disk.partitions.kernel[1], &kernel);
+    prefill(&host.disk.partitions.rootfs[1], &torn);
+    let server = update_server(
+        &host,
+        Offer {
+            bundle: bytes,
+            ..Offer::default()
+        },
+    );
+
+    let out = host.install_from(&url(&server, BUNDLE_PATH));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rootfs_offset = manifest.payload(image::bundle::PayloadKind::Rootfs).offset();
+    assert_eq!(
+        server.bundle_requests(),
+        vec![None, Some(rootfs_offset + 5 * 4096)],
+        "the head, then the rest from the first chunk the slot lacks"
+    );
+    assert!(starts_with_file(&host.disk.partitions.kernel[1], &kernel));
+    assert!(starts_with_file(&host.disk.partitions.rootfs[1], &rootfs));
+    assert_eq!(
+        read_boot_state(&host.disk.partitions.bootstate)
+            .expect("read")
+            .state
+            .primary(),
+        Slot::B
+    );
 }

@@ -41,6 +41,44 @@ type Feed = mpsc::SyncSender<io::Result<Bytes>>;
 pub struct Stream {
     rx: mpsc::Receiver<io::Result<Bytes>>,
     current: Bytes,
+    uri: Uri,
+    tls: Arc<rustls::ClientConfig>,
+    runtime: tokio::runtime::Handle,
+}
+
+impl Stream {
+    fn start(
+        uri: Uri,
+        tls: Arc<rustls::ClientConfig>,
+        runtime: tokio::runtime::Handle,
+        from: u64,
+    ) -> Self {
+        // A few pieces in flight are enough to keep the network busy while
+        // the installer writes; more would only hold memory.
+        let (tx, rx) = mpsc::sync_channel(8);
+        runtime.spawn(run(uri.clone(), Arc::clone(&tls), tx, from));
+        Self {
+            rx,
+            current: Bytes::new(),
+            uri,
+            tls,
+            runtime,
+        }
+    }
+}
+
+impl super::BundleSource for Stream {
+    /// Drops what is in flight (the fetch notices and stops) and fetches the
+    /// rest of the bundle from `offset` with a range request.
+    fn resume_at(&mut self, offset: u64) -> io::Result<()> {
+        *self = Self::start(
+            self.uri.clone(),
+            Arc::clone(&self.tls),
+            self.runtime.clone(),
+            offset,
+        );
+        Ok(())
+    }
 }
 
 impl Read for Stream {
@@ -104,18 +142,17 @@ pub fn fetch(url: &str, tls: Arc<rustls::ClientConfig>) -> Result<Stream, Update
             "{url}: only https:// is fetched"
         )));
     }
-    // A few pieces in flight are enough to keep the network busy while the
-    // installer writes; more would only hold memory.
-    let (tx, rx) = mpsc::sync_channel(8);
-    tokio::spawn(run(uri, tls, tx));
-    Ok(Stream {
-        rx,
-        current: Bytes::new(),
-    })
+    Ok(Stream::start(
+        uri,
+        tls,
+        tokio::runtime::Handle::current(),
+        0,
+    ))
 }
 
-async fn run(uri: Uri, tls: Arc<rustls::ClientConfig>, feed: Feed) {
-    let mut delivered = 0u64;
+/// Feeds the bundle from byte `from` on.
+async fn run(uri: Uri, tls: Arc<rustls::ClientConfig>, feed: Feed, from: u64) {
+    let mut delivered = from;
     let mut pause = FIRST_PAUSE;
     for attempt in 1..=ATTEMPTS {
         match attempt_once(&uri, &tls, delivered, &feed).await {

@@ -26,7 +26,7 @@ use image::bootstate::{self, BootState, Slot, AREA_LEN};
 use image::bundle::{BundleReader, Manifest, PayloadKind, PayloadStream, PayloadVerifier, Step};
 use image::keys::PublicKey;
 use image::{BootStateError, BundleError};
-use tracing::warn;
+use tracing::{info, warn};
 
 /// GPT labels of the partitions the updater touches (docs/image.md).
 const BOOTSTATE_LABEL: &str = "bootstate";
@@ -222,15 +222,44 @@ pub struct Installed {
     pub manifest: Manifest,
     /// The slot written, now first in `BOOT_ORDER` with full tries.
     pub slot: Slot,
+    /// The file offset up to which the slot already held the bundle, so it
+    /// was not fetched; the manifest's end when nothing was reused.
+    pub reused: u64,
+}
+
+/// Where the installer reads a bundle from: a stream that can also skip
+/// ahead, so that what the target slot already holds is not fetched again.
+pub trait BundleSource: Read {
+    /// Makes the next read return the bundle's byte at `offset`, which is
+    /// past what was read so far.
+    fn resume_at(&mut self, offset: u64) -> io::Result<()>;
+}
+
+impl BundleSource for File {
+    fn resume_at(&mut self, offset: u64) -> io::Result<()> {
+        self.seek(SeekFrom::Start(offset)).map(drop)
+    }
+}
+
+impl<T: AsRef<[u8]>> BundleSource for io::Cursor<T> {
+    fn resume_at(&mut self, offset: u64) -> io::Result<()> {
+        self.set_position(offset);
+        Ok(())
+    }
 }
 
 /// Installs the bundle read from `source` into the slot that is not
 /// `booted`, then makes it the next to boot.
 ///
+/// The target slot's leading chunks that already match the manifest (a
+/// download that a power cut or restart interrupted, or a payload equal to
+/// the one there) are read back from the slot instead of fetched; `source`
+/// is told to resume after them.
+///
 /// Holds an exclusive lock on the boot state partition for the whole
 /// install, so two installs cannot interleave.
 pub fn install(
-    source: &mut impl Read,
+    source: &mut impl BundleSource,
     policy: &InstallPolicy<'_>,
     partitions: &Partitions,
     booted: Slot,
@@ -246,7 +275,22 @@ pub fn install(
     let target = booted.other();
     let mut targets = open_targets(&manifest, partitions, target)?;
 
-    stream_payloads(source, &manifest, &mut targets)?;
+    let mut stream = PayloadStream::new(&manifest);
+    let present = present_in_slot(&manifest, &mut targets)?;
+    if present > manifest.manifest_end() {
+        feed_from_slot(&mut stream, &mut targets, present)?;
+        if stream.remaining() > 0 {
+            source
+                .resume_at(present)
+                .map_err(io_error("skipping what the slot holds"))?;
+        }
+        info!(
+            from = present,
+            of = manifest.file_len(),
+            "the slot already holds the start of this bundle; fetching the rest"
+        );
+    }
+    stream_payloads(source, &mut stream, &mut targets)?;
     for file in &targets {
         file.sync_all().map_err(io_error("flushing the slot"))?;
         forget_cached(file);
@@ -260,7 +304,65 @@ pub fn install(
     Ok(Installed {
         manifest,
         slot: target,
+        reused: present,
     })
+}
+
+/// The file offset up to which the target slot already holds this bundle's
+/// payloads, chunk for chunk as the manifest lists them: the manifest's end
+/// when the first chunk does not match.
+fn present_in_slot(manifest: &Manifest, targets: &mut [File; 2]) -> Result<u64, UpdateError> {
+    let mut probe = PayloadStream::new(manifest);
+    match feed_from_slot(&mut probe, targets, manifest.file_len()) {
+        // A mismatch ends the probe; what verified before it counts.
+        Ok(()) | Err(UpdateError::Bundle(_)) => {}
+        Err(e) => return Err(e),
+    }
+    for kind in PayloadKind::ALL {
+        let payload = manifest.payload(kind);
+        let verified = probe.verified(kind);
+        if verified < payload.size() {
+            return Ok(if verified == 0 && kind == PayloadKind::ALL[0] {
+                manifest.manifest_end()
+            } else {
+                payload.offset() + verified
+            });
+        }
+    }
+    Ok(manifest.file_len())
+}
+
+/// Feeds `stream` the bundle's bytes up to file offset `until` as the target
+/// slot holds them: payload bytes read from the partitions, zeros for the
+/// padding. Nothing is written.
+fn feed_from_slot(
+    stream: &mut PayloadStream,
+    targets: &mut [File; 2],
+    until: u64,
+) -> Result<(), UpdateError> {
+    let mut buf = vec![0u8; READ_SIZE];
+    while stream.position() < until {
+        let at = stream.position();
+        let want = usize::try_from(until - at)
+            .unwrap_or(usize::MAX)
+            .min(buf.len());
+        let piece = &mut buf[..want];
+        match stream.payload_at(at) {
+            Some((kind, offset, left)) => {
+                let len = usize::try_from(left).unwrap_or(usize::MAX).min(want);
+                let file = &mut targets[kind.index()];
+                file.seek(SeekFrom::Start(offset))
+                    .and_then(|_| file.read_exact(&mut piece[..len]))
+                    .map_err(io_error(format!("reading the {} slot", kind.name())))?;
+                stream.handle_bytes(&piece[..len])?;
+            }
+            None => {
+                piece.fill(0);
+                stream.handle_bytes(piece)?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Reads exactly the header and manifest, verified against `trusted`.
@@ -314,10 +416,9 @@ fn open_targets(
 /// as it completes, and the first bad one ends the install.
 fn stream_payloads(
     source: &mut impl Read,
-    manifest: &Manifest,
+    stream: &mut PayloadStream,
     targets: &mut [File; 2],
 ) -> Result<(), UpdateError> {
-    let mut stream = PayloadStream::new(manifest);
     let mut buf = vec![0u8; READ_SIZE];
     while stream.remaining() > 0 {
         let n = source

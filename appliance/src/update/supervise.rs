@@ -17,7 +17,8 @@ use super::download;
 use super::state::{after_boot, AfterBoot, Pending, UpdateState};
 use super::window::{reboot_at, Reboot, RebootWindow};
 use super::{
-    booted_slot, install, read_boot_state, write_boot_state, InstallPolicy, Partitions, UpdateError,
+    booted_slot, install, read_boot_state, write_boot_state, BundleSource, InstallPolicy,
+    Partitions, UpdateError,
 };
 use crate::config::UpdateConfig;
 
@@ -316,7 +317,7 @@ pub fn install_file(config: &UpdateConfig, bundle: &Path) -> Result<Pending, Upd
 
 fn install_stream(
     config: &UpdateConfig,
-    source: &mut impl std::io::Read,
+    source: &mut impl BundleSource,
 ) -> Result<Pending, UpdateError> {
     let trusted = load_keys(config)?;
     let cmdline = std::fs::read_to_string(&config.cmdline)

@@ -232,6 +232,19 @@ impl PayloadStream {
         self.position
     }
 
+    /// Which payload the file offset `at` falls in: its kind, the offset in
+    /// the payload, and the payload bytes from there to its end. `None` in
+    /// the padding, and before or after the payloads.
+    pub fn payload_at(&self, at: u64) -> Option<(PayloadKind, u64, u64)> {
+        PayloadKind::ALL.into_iter().find_map(|kind| {
+            let start = self.offsets[kind.index()];
+            let end = start + self.sizes[kind.index()];
+            (start..end)
+                .contains(&at)
+                .then(|| (kind, at - start, end - at))
+        })
+    }
+
     /// Bytes of the file still expected.
     pub fn remaining(&self) -> u64 {
         self.end() - self.position
