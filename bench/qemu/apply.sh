@@ -62,7 +62,18 @@ reset() {
     echo 3 >/proc/sys/vm/drop_caches
 }
 
+# The installer reuses what slot B already holds of the bundle (docs/update.md,
+# step 4), which after a round is all of it: spoil the first MiB of both
+# payloads so that each round installs the whole bundle, as a first install
+# does.
+spoil_slot() {
+    for dev in "$kernel_b" "$rootfs_b"; do
+        dd if=/dev/zero of="/dev/$dev" bs=1M count=1 conv=notrunc,fsync status=none
+    done
+}
+
 apply_once() {
+    spoil_slot
     reset
     before=$(read_mib "$kernel_b" "$rootfs_b")
     start=$(now)
