@@ -194,6 +194,11 @@ fn run_serves_health_over_tls_and_metrics_in_plain_http() {
     );
 
     // SIGTERM ends the box cleanly.
+    stop(&mut running);
+}
+
+/// Sends SIGTERM and expects a clean exit.
+fn stop(running: &mut Running) {
     let pid = running.0.id().to_string();
     let killed = Command::new("kill")
         .args(["-TERM", &pid])
@@ -341,13 +346,7 @@ fn run_feeds_the_watchdog_and_disarms_it_on_a_clean_stop() {
     assert!(fed.starts_with(b"\n"), "{fed:?}");
     assert!(!fed.contains(&b'V'), "disarmed while running: {fed:?}");
 
-    let pid = running.0.id().to_string();
-    let killed = Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .expect("kill");
-    assert!(killed.success());
-    assert!(running.0.wait().expect("wait").success());
+    stop(&mut running);
     let fed = std::fs::read(&device).expect("read the stand-in");
     assert_eq!(fed.last(), Some(&b'V'), "{fed:?}");
 }

@@ -58,6 +58,7 @@ mod entry {
     pub(super) const TYPE_GUID: std::ops::Range<usize> = 0..16;
     pub(super) const FIRST_LBA: usize = 32;
     pub(super) const LAST_LBA: usize = 40;
+    pub(super) const ATTRIBUTES: usize = 48;
     pub(super) const NAME: std::ops::Range<usize> = 56..128;
     pub(super) const MIN_SIZE: usize = 128;
 }
@@ -73,6 +74,9 @@ pub struct Partition {
     pub first_lba: u64,
     /// Last sector, inclusive.
     pub last_lba: u64,
+    /// Attribute bits (bit 2: legacy BIOS bootable, where U-Boot's distro
+    /// boot looks for its script).
+    pub attributes: u64,
 }
 
 impl Partition {
@@ -147,6 +151,7 @@ impl Table {
                 name: utf16_name(&raw[entry::NAME]),
                 first_lba: u64_at(raw, entry::FIRST_LBA),
                 last_lba: u64_at(raw, entry::LAST_LBA),
+                attributes: u64_at(raw, entry::ATTRIBUTES),
             })
             .collect()
     }

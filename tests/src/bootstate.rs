@@ -13,7 +13,8 @@ use std::fs::OpenOptions;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::Path;
 
-use crate::{disk, Error};
+use crate::disk::{self, Extent as _};
+use crate::Error;
 
 /// Length of one copy: U-Boot's `env export -c -s 0x4000`, `mkenvimage -s 0x4000`.
 pub const BLOCK_SIZE: usize = 0x4000;
@@ -143,10 +144,10 @@ fn copy_offset(disk_image: &Path, copy: usize) -> Result<u64, Error> {
         .get(copy)
         .ok_or_else(|| Error::BootState(format!("no copy {copy}")))?;
     let partition = disk::find(disk_image, PARTITION)?;
-    if within + BLOCK_SIZE as u64 > partition.len() {
+    if within + BLOCK_SIZE as u64 > partition.byte_len() {
         return Err(Error::Disk(format!(
             "partition {PARTITION} is {} bytes, too small for copy {copy}",
-            partition.len()
+            partition.byte_len()
         )));
     }
     Ok(partition.offset() + within)

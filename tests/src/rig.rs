@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::disk::Extent as _;
 use crate::update_server::CHANNEL_PATH;
 use crate::{edge_binary, free_port, repo_root, Console, Error, ProcessGuard};
 

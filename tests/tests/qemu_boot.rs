@@ -10,6 +10,7 @@ use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use edge_tests::disk::Extent as _;
 use edge_tests::rig::{
     chosen_slot, cmdline_value, provision, CHOSE_SLOT, EDGE_STARTING, FATAL, INIT_CMDLINE,
     MARKED_GOOD,
@@ -58,7 +59,7 @@ fn disk_layout_matches_the_image_contract() {
     let parts = disk::partitions(image).expect("read the GPT of the factory image");
     let found: Vec<(u32, &str, u64)> = parts
         .iter()
-        .map(|p| (p.number, p.name.as_str(), p.len() / (1024 * 1024)))
+        .map(|p| (p.number, p.name.as_str(), p.byte_len() / (1024 * 1024)))
         .collect();
     let expected: Vec<(u32, &str, u64)> = LAYOUT
         .iter()
@@ -255,13 +256,13 @@ fn check_data_fills_the_medium(image: &std::path::Path, scratch: &ScratchDir, gr
     let fs = disk::check_ext4(image, &data, &scratch.path().join("data.ext4"))
         .unwrap_or_else(|e| panic!("data after the boot: {e}"));
     assert!(
-        data.len() - fs < 4096,
+        data.byte_len() - fs < 4096,
         "file system {fs} bytes in a partition of {}",
-        data.len()
+        data.byte_len()
     );
     let expected = format!(
         "partition 64 -> {mib} MiB, file system 64 -> {mib} MiB",
-        mib = data.len() / MIB
+        mib = data.byte_len() / MIB
     );
     assert!(
         grown.ends_with(&expected),
