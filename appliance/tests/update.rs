@@ -665,7 +665,9 @@ fn what_the_slot_already_holds_is_read_back_not_installed_again() {
         Slot::A,
     )
     .expect("install");
-    let rootfs_offset = manifest.payload(image::bundle::PayloadKind::Rootfs).offset();
+    let rootfs_offset = manifest
+        .payload(image::bundle::PayloadKind::Rootfs)
+        .offset();
     assert_eq!(done.reused, rootfs_offset + 3 * 4096);
     assert!(starts_with_file(&disk.partitions.kernel[1], &kernel));
     assert!(starts_with_file(&disk.partitions.rootfs[1], &rootfs));
@@ -697,7 +699,9 @@ fn an_install_cut_off_earlier_fetches_only_what_the_slot_lacks() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let rootfs_offset = manifest.payload(image::bundle::PayloadKind::Rootfs).offset();
+    let rootfs_offset = manifest
+        .payload(image::bundle::PayloadKind::Rootfs)
+        .offset();
     assert_eq!(
         server.bundle_requests(),
         vec![None, Some(rootfs_offset + 5 * 4096)],
