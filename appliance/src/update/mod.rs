@@ -420,6 +420,7 @@ fn stream_payloads(
     targets: &mut [File; 2],
 ) -> Result<(), UpdateError> {
     let mut buf = vec![0u8; READ_SIZE];
+    let mut unsynced = [0u64; 2];
     while stream.remaining() > 0 {
         let n = source
             .read(&mut buf)
@@ -438,6 +439,15 @@ fn stream_payloads(
                 file.seek(SeekFrom::Start(offset))
                     .and_then(|_| file.write_all(&input[..len]))
                     .map_err(io_error(format!("writing the {} payload", kind.name())))?;
+                // Flushed as it goes, so that after a power cut the slot
+                // holds what was written up to the last flush, and the next
+                // install picks up from there (`present_in_slot`).
+                unsynced[kind.index()] += len as u64;
+                if unsynced[kind.index()] >= SYNC_EVERY {
+                    file.sync_data()
+                        .map_err(io_error(format!("flushing the {} payload", kind.name())))?;
+                    unsynced[kind.index()] = 0;
+                }
             }
             input = &input[step.len()..];
         }
@@ -455,6 +465,10 @@ fn forget_cached(file: &File) {
         warn!(error = %e, "cannot drop the slot from the page cache; the read-back may be served from memory");
     }
 }
+
+/// Payload bytes written between two flushes of a slot partition: what a
+/// power cut can cost a resumed install at most, per payload.
+const SYNC_EVERY: u64 = 4 << 20;
 
 /// Reads a written payload back from its partition and checks it whole.
 fn verify_written(
