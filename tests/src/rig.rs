@@ -231,6 +231,23 @@ pub fn provision_for_channel(image: &Path, dir: &Path, key_line: &str, ca_pem: &
     );
 }
 
+/// Zeros the first MiB of `kernel_b` and `rootfs_b`, as if slot B held
+/// something else than the factory's copy of slot A. Without it the
+/// installer finds a bundle of the factory's slot images already there,
+/// chunk for chunk, and writes nothing.
+pub fn spoil_slot_b(image: &Path) {
+    use std::os::unix::fs::FileExt as _;
+    let disk = std::fs::File::options()
+        .write(true)
+        .open(image)
+        .expect("open the disk image");
+    for name in ["kernel_b", "rootfs_b"] {
+        let part = crate::disk::find(image, name).expect("find a slot B partition");
+        disk.write_all_at(&[0u8; 1 << 20], part.offset())
+            .expect("spoil slot B");
+    }
+}
+
 /// Puts `files` (name, contents) on the boot partition of `image`, where
 /// the partner's provisioning goes, replacing what is there. `dir` holds
 /// the files on their way.

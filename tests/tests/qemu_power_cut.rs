@@ -14,8 +14,8 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use edge_tests::rig::{
-    chosen_slot, provision_for_channel, BootOptions, CHOSE_SLOT, COMPATIBLE, MARKED_GOOD,
-    SERVER_IN_BOX,
+    chosen_slot, provision_for_channel, spoil_slot_b, BootOptions, CHOSE_SLOT, COMPATIBLE,
+    MARKED_GOOD, SERVER_IN_BOX,
 };
 use edge_tests::update_server::{Offer, UpdateServer};
 use edge_tests::{bootstate, repo_root, FactoryDisk, RunningBox, ScratchDir};
@@ -70,6 +70,9 @@ fn provisioned(dir: &Path, key: &SigningKey, server: &UpdateServer) -> PathBuf {
         .copy_to(&dir.join("disk.img"))
         .expect("copy the factory disk image");
     provision_for_channel(&image, dir, &key.public_key().to_line(), server.ca_pem());
+    // So that the install writes the whole bundle, and the cuts land in
+    // those writes.
+    spoil_slot_b(&image);
     image
 }
 
@@ -109,6 +112,7 @@ fn power_cuts_during_an_update_end_on_a_good_slot() {
     };
 
     let mut landed = [0usize; 2];
+    let mut resumed = 0usize;
     for cut in 0..cuts {
         let scratch = ScratchDir::new("qemu-power-cut").expect("scratch directory");
         let image = provisioned(scratch.path(), &key, &server);
@@ -130,6 +134,20 @@ fn power_cuts_during_an_update_end_on_a_good_slot() {
         let good = edge_box.expect_line(MARKED_GOOD);
         let slot = if good.contains("slot=B") { 1 } else { 0 };
         landed[slot] += 1;
+        // Back on slot A, the box installs the update again, picking up
+        // from what the cut left in slot B.
+        let mut again = String::new();
+        if slot == 0 {
+            edge_box.expect_line("update installed");
+            let transcript = edge_box.transcript();
+            again = match transcript.lines().find(|l| l.contains(RESUMED)) {
+                Some(line) => {
+                    resumed += 1;
+                    format!(", installed again from {}", field(line, "from="))
+                }
+                None => ", installed again whole".to_owned(),
+            };
+        }
         drop(edge_box);
 
         let state = bootstate::read_both(&image).expect("read the boot state");
@@ -139,16 +157,27 @@ fn power_cuts_during_an_update_end_on_a_good_slot() {
         );
         eprintln!(
             "cut {cut}: {:.1} s after slot A was good, {phase}; restarted with {}, \
-             marked good {}",
+             marked good {}{again}",
             delay.as_secs_f64(),
             chosen_slot(&chose).unwrap_or("?"),
             if slot == 1 { "B" } else { "A" },
         );
     }
     eprintln!(
-        "power cuts: {cuts} of {cuts} ended on a good slot ({} on A, {} on B)",
+        "power cuts: {cuts} of {cuts} ended on a good slot ({} on A, {} on B); \
+         {resumed} installs resumed from what slot B held",
         landed[0], landed[1]
     );
+}
+
+/// The installer's log line when slot B already held part of the bundle.
+const RESUMED: &str = "the slot already holds the start of this bundle";
+
+/// The value of `key` (`from=`) in a log line.
+fn field<'a>(line: &'a str, key: &str) -> &'a str {
+    line.split_whitespace()
+        .find_map(|word| word.strip_prefix(key))
+        .unwrap_or("?")
 }
 
 /// Where the update was when the power went, from the console.

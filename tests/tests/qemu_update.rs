@@ -9,8 +9,8 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use edge_tests::rig::{
-    chosen_slot, provision_for_channel, BootOptions, CHOSE_SLOT, COMPATIBLE, MARKED_GOOD,
-    SERVER_IN_BOX,
+    chosen_slot, provision_for_channel, spoil_slot_b, BootOptions, CHOSE_SLOT, COMPATIBLE,
+    MARKED_GOOD, SERVER_IN_BOX,
 };
 use edge_tests::update_server::{Offer, UpdateServer};
 use edge_tests::{bootstate, repo_root, wait_healthy, FactoryDisk, RunningBox, ScratchDir};
@@ -42,23 +42,6 @@ fn slot_image(name: &str) -> Vec<u8> {
 fn bundle(key: &SigningKey, rootfs: &[u8]) -> Vec<u8> {
     let spec = BundleSpec::new(COMPATIBLE, NEW_VERSION, 1);
     build_bundle(&spec, key, &slot_image("kernel.ext4"), rootfs).expect("bundle")
-}
-
-/// Zeros the first MiB of `kernel_b` and `rootfs_b`, as if slot B held
-/// something else than the factory's copy of slot A. Without it the
-/// installer finds the bundle's factory kernel (and rootfs) already there,
-/// chunk for chunk, and fetches only what differs.
-fn spoil_slot_b(image: &Path) {
-    use std::os::unix::fs::FileExt as _;
-    let disk = std::fs::File::options()
-        .write(true)
-        .open(image)
-        .expect("open the disk image");
-    for name in ["kernel_b", "rootfs_b"] {
-        let part = edge_tests::disk::find(image, name).expect("find a slot B partition");
-        disk.write_all_at(&[0u8; 1 << 20], part.first_lba * edge_tests::disk::SECTOR)
-            .expect("spoil slot B");
-    }
 }
 
 /// A copy of the factory disk provisioned to follow a channel on a test
