@@ -2,16 +2,19 @@
 //!
 //! The files are watched through their directories, because the usual way to
 //! replace a certificate (write a new file, rename it over the old one) swaps
-//! the inode a watch on the file itself would follow. A reload replaces every
-//! file certificate at once, or none: if any pair fails to load, the previous
-//! set stays in service and the failure is logged and counted.
+//! the inode a watch on the file itself would follow. Only events that can
+//! mean new content count: opening and reading a file do not, or the reload's
+//! own reads would start the next reload. A reload replaces every file
+//! certificate at once, or none: if any pair fails to load, the previous set
+//! stays in service and the failure is logged and counted.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use notify::{RecursiveMode, Watcher};
+use notify::event::{AccessKind, AccessMode};
+use notify::{EventKind, RecursiveMode, Watcher};
 use tokio::sync::{mpsc, Notify};
 use tracing::{info, warn};
 
@@ -53,7 +56,7 @@ pub async fn run(
     let files = watched.clone();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         let touches_ours = event
-            .map(|e| e.paths.iter().any(|p| files.contains(p)))
+            .map(|e| may_change(&e.kind) && e.paths.iter().any(|p| files.contains(p)))
             .unwrap_or(true);
         if touches_ours {
             let _ = tx.send(());
@@ -101,6 +104,20 @@ fn reload(configs: &[CertFileConfig], store: &CertStore, metrics: &Metrics) {
     }
 }
 
+/// Whether a watch event can mean the file's content changed.
+///
+/// inotify also reports opens and read-only closes; `reload` opens every
+/// file, so counting those would reload again [`SETTLE`] after each reload,
+/// for as long as the box runs. A close after writing does count: it is how
+/// an in-place write ends.
+fn may_change(kind: &EventKind) -> bool {
+    match kind {
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        EventKind::Access(_) => false,
+        _ => true,
+    }
+}
+
 fn parent_dirs(files: &BTreeSet<PathBuf>) -> BTreeSet<PathBuf> {
     files
         .iter()
@@ -109,4 +126,37 @@ fn parent_dirs(files: &BTreeSet<PathBuf>) -> BTreeSet<PathBuf> {
             _ => Path::new(".").to_path_buf(),
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use notify::event::{CreateKind, DataChange, ModifyKind, RemoveKind, RenameMode};
+
+    #[test]
+    fn reading_a_file_is_not_a_change() {
+        let read = [
+            EventKind::Access(AccessKind::Open(AccessMode::Any)),
+            EventKind::Access(AccessKind::Read),
+            EventKind::Access(AccessKind::Close(AccessMode::Read)),
+        ];
+        for kind in read {
+            assert!(!may_change(&kind), "{kind:?}");
+        }
+    }
+
+    #[test]
+    fn writes_renames_and_removals_are_changes() {
+        let changes = [
+            EventKind::Create(CreateKind::File),
+            EventKind::Modify(ModifyKind::Data(DataChange::Any)),
+            EventKind::Modify(ModifyKind::Name(RenameMode::To)),
+            EventKind::Access(AccessKind::Close(AccessMode::Write)),
+            EventKind::Remove(RemoveKind::File),
+            EventKind::Any,
+        ];
+        for kind in changes {
+            assert!(may_change(&kind), "{kind:?}");
+        }
+    }
 }
