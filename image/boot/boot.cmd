@@ -147,12 +147,26 @@ if test -n "${fdtfile}" && test -n "${fdt_addr_r}"; then
     fi
 fi
 
-if ext4load ${devtype} ${devnum}:${edge_kernel_part} ${kernel_addr_r} Image; then
+# The kernel: `Image.gz` where the slot has one, else an uncompressed
+# `Image`. booti unpacks a gzip'd kernel into a scratch area at
+# kernel_comp_addr_r, then moves it to kernel_addr_r. Where the board's
+# U-Boot leaves that unset (QEMU's does, the Raspberry Pi's does not), the
+# scratch area starts 32 MiB above the initrd's load address, which leaves
+# room for an initrd of up to 32 MiB.
+setenv edge_kernel
+if ext4load ${devtype} ${devnum}:${edge_kernel_part} ${kernel_addr_r} Image.gz; then
+    setenv kernel_comp_size ${filesize}
+    test -n "${kernel_comp_addr_r}" || setexpr kernel_comp_addr_r ${ramdisk_addr_r} + 0x2000000
+    setenv edge_kernel Image.gz
+elif ext4load ${devtype} ${devnum}:${edge_kernel_part} ${kernel_addr_r} Image; then
+    setenv edge_kernel Image
+fi
+if test -n "${edge_kernel}"; then
     if ext4load ${devtype} ${devnum}:${edge_kernel_part} ${ramdisk_addr_r} initrd; then
-        echo "edge-boot: booting slot ${edge_slot} with its initrd"
+        echo "edge-boot: booting slot ${edge_slot} from ${edge_kernel} with its initrd"
         booti ${kernel_addr_r} ${ramdisk_addr_r}:${filesize} ${edge_fdt}
     else
-        echo "edge-boot: booting slot ${edge_slot}"
+        echo "edge-boot: booting slot ${edge_slot} from ${edge_kernel}"
         booti ${kernel_addr_r} - ${edge_fdt}
     fi
 fi

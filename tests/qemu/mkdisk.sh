@@ -13,7 +13,7 @@
 #   boot.vfat        boot.scr from image/boot/boot.cmd, tests/qemu/edge.toml as
 #                    the development provisioning file edge.toml
 #   bootstate.img    copy 0 and copy 1 of the factory boot state: A B, 3, 3
-#   kernel.ext4      Debian's arm64 kernel as Image, the rig's initrd
+#   kernel.ext4      Debian's arm64 kernel as Image.gz, the rig's initrd
 #   rootfs.squashfs  busybox, /usr/bin/edge, image/rootfs-overlay
 #   data.ext4        empty ext4 labelled data
 #
@@ -23,7 +23,7 @@
 # the tests never set it.
 #
 # Needs the rig cache (`./dev deps`) and, on the host, genimage, mkimage and
-# mkenvimage (u-boot-tools), mkfs.vfat and mcopy, mkfs.ext4, mksquashfs, cpio,
+# mkenvimage (u-boot-tools), mkfs.vfat and mcopy, e2fsprogs, gzip, mksquashfs, cpio,
 # modinfo and qemu-aarch64-static.
 set -euo pipefail
 
@@ -71,18 +71,24 @@ main() {
     rm -rf "$WORK"
 }
 
-# The kernel slot as U-Boot's booti wants it: an uncompressed arm64 Image.
-# Debian ships it uncompressed on arm64 today; a gzip'd one is unpacked.
+# The kernel slot: Debian's arm64 kernel gzip'd as Image.gz (booti unpacks
+# it; a third of the size in the slot and in update bundles), the rig's
+# initrd, in an ext4 no larger than its files need. genimage pads it to the
+# partition's size.
 make_kernel_ext4() {
     local dir="$WORK/kernel"
     mkdir -p "$dir"
     if [[ $(head -c2 "$RIG_CACHE/vmlinuz" | od -An -tx1 | tr -d ' ') == 1f8b ]]; then
-        gzip -dc "$RIG_CACHE/vmlinuz" >"$dir/Image"
+        cp "$RIG_CACHE/vmlinuz" "$dir/Image.gz"
     else
-        cp "$RIG_CACHE/vmlinuz" "$dir/Image"
+        gzip -9 -n -c "$RIG_CACHE/vmlinuz" >"$dir/Image.gz"
     fi
     "$RIG_HERE/mkinitrd.sh" "$dir/initrd"
-    make_ext4 "$PARTS/kernel.ext4" "$KERNEL_SIZE" kernel "$dir"
+    # Written whole and only ever read: no journal, no room kept to grow,
+    # no blocks reserved for root, a handful of inodes.
+    make_ext4 "$PARTS/kernel.ext4" "$KERNEL_SIZE" kernel "$dir" \
+        -b 4096 -m 0 -N 64 -O ^has_journal,^resize_inode
+    shrink_ext4 "$PARTS/kernel.ext4"
 }
 
 # The read-only root of a slot. The kernel modules it needs were loaded by
@@ -133,14 +139,27 @@ make_data_ext4() {
     make_ext4 "$PARTS/data.ext4" "$DATA_SIZE" data ""
 }
 
-# make_ext4 IMAGE SIZE LABEL DIR: an ext4 image of SIZE, filled from DIR
-# unless DIR is empty. The image stays sparse.
+# make_ext4 IMAGE SIZE LABEL DIR [MKFS_OPTION...]: an ext4 image of SIZE,
+# filled from DIR unless DIR is empty. The image stays sparse.
 make_ext4() {
     local img=$1 size=$2 label=$3 dir=$4
+    shift 4
     truncate -s "$size" "$img"
-    local args=(-q -F -L "$label" -E root_owner=0:0)
+    local args=(-q -F -L "$label" -E root_owner=0:0 "$@")
     [[ -n $dir ]] && args+=(-d "$dir")
     mkfs.ext4 "${args[@]}" "$img"
+}
+
+# shrink_ext4 IMAGE: shrinks the file system to the fewest blocks that hold
+# its files, and the file to the file system.
+shrink_ext4() {
+    local img=$1 blocks block_size
+    e2fsck -f -p "$img" >/dev/null || die "e2fsck found errors in $img"
+    resize2fs -M "$img" >/dev/null 2>&1 || die "resize2fs could not shrink $img"
+    blocks=$(dumpe2fs -h "$img" 2>/dev/null | sed -n 's/^Block count: *//p')
+    block_size=$(dumpe2fs -h "$img" 2>/dev/null | sed -n 's/^Block size: *//p')
+    [[ -n $blocks && -n $block_size ]] || die "cannot read the size of $img"
+    truncate -s $((blocks * block_size)) "$img"
 }
 
 # genimage writes into a directory of its own; the finished image is

@@ -27,6 +27,9 @@ const MEDIUM: u64 = 512 << 20;
 /// What the system start prints when edge grew `data`.
 const DATA_GROWN: &str = "edge-init: data grown: ";
 
+/// The boot script's last word before `booti`.
+const BOOTING: &str = "edge-boot: booting slot ";
+
 /// edge's log line once it has armed the board's watchdog.
 const WATCHDOG_ARMED: &str = "watchdog armed";
 
@@ -110,6 +113,9 @@ fn factory_image_boots_slot_a_and_serves_healthz() {
     let chose = edge_box.expect_line(CHOSE_SLOT);
     let chose_at = edge_box.uptime();
     assert_eq!(chosen_slot(&chose), Some("A"), "{chose}");
+    // The rig's kernel slot holds a gzip'd kernel, which booti unpacks.
+    let booting = edge_box.expect_line(BOOTING);
+    assert!(booting.contains("from Image.gz"), "{booting}");
     let cmdline = edge_box.expect_line(INIT_CMDLINE);
     assert_eq!(cmdline_value(&cmdline, "edge.slot"), Some("A"), "{cmdline}");
     let grown = edge_box.expect_line(DATA_GROWN);

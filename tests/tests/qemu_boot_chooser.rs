@@ -3,11 +3,15 @@
 //! U-Boot until the chosen slot's own init runs, and checks the slot the
 //! script chose, the slot the kernel was told, and the state written back.
 
+use std::os::unix::fs::FileExt as _;
+use std::path::Path;
+use std::process::Command;
 use std::sync::OnceLock;
 
 use edge_tests::bootstate::{self, encode_state, state_vars, Vars};
+use edge_tests::disk::Extent as _;
 use edge_tests::rig::{chosen_slot, cmdline_value, CHOSE_SLOT, INIT_CMDLINE, ROOT_MOUNTED};
-use edge_tests::{repo_root, FactoryDisk, RunningBox, ScratchDir};
+use edge_tests::{disk, repo_root, FactoryDisk, RunningBox, ScratchDir};
 
 fn factory() -> &'static FactoryDisk {
     static DISK: OnceLock<FactoryDisk> = OnceLock::new();
@@ -34,10 +38,16 @@ struct Outcome {
 /// by `copy0` and `copy1` (raw 16 KiB blocks) and stops it once the chosen
 /// slot's rcS has run.
 fn boot_with(label: &str, copy0: &[u8], copy1: &[u8]) -> Outcome {
+    boot_prepared(label, copy0, copy1, |_| {})
+}
+
+/// [`boot_with`], with `prepare` given the disk image first.
+fn boot_prepared(label: &str, copy0: &[u8], copy1: &[u8], prepare: impl FnOnce(&Path)) -> Outcome {
     let scratch = ScratchDir::new(label).expect("scratch directory");
     let image = factory()
         .copy_to(&scratch.path().join("disk.img"))
         .expect("copy the factory disk image");
+    prepare(&image);
     bootstate::write_copy(&image, 0, copy0).expect("plant copy 0");
     bootstate::write_copy(&image, 1, copy1).expect("plant copy 1");
 
@@ -115,6 +125,69 @@ fn slot_without_tries_is_skipped() {
     let outcome = boot_with("chooser-skip", &state("A B", 0, 3), &state("A B", 0, 3));
     assert_booted(&outcome, "B");
     assert_both_copies(&outcome, &state_vars("A B", 0, 2));
+}
+
+#[test]
+#[ignore = "needs the aarch64 build and the rig cache; run by ./dev test"]
+fn a_slot_with_an_uncompressed_kernel_boots() {
+    let outcome = boot_prepared(
+        "chooser-image",
+        &state("B A", 3, 3),
+        &state("B A", 3, 3),
+        |image| {
+            let dir = image.parent().expect("the disk image is in a directory");
+            let slot = uncompressed_kernel_slot(dir);
+            let part = disk::find(image, "kernel_b").expect("find kernel_b");
+            assert!(
+                slot.len() as u64 <= part.byte_len(),
+                "the slot outgrew kernel_b"
+            );
+            let disk = std::fs::File::options()
+                .write(true)
+                .open(image)
+                .expect("open the disk image");
+            disk.write_all_at(&slot, part.offset())
+                .expect("write kernel_b");
+        },
+    );
+    assert_console_says(
+        &outcome,
+        "edge-boot: booting slot B from Image with its initrd",
+    );
+    assert_booted(&outcome, "B");
+    assert_both_copies(&outcome, &state_vars("B A", 3, 2));
+}
+
+/// A kernel slot as the rig made it before kernels were gzip'd: the
+/// factory's kernel unpacked as `Image`, and its initrd.
+fn uncompressed_kernel_slot(dir: &Path) -> Vec<u8> {
+    let factory_slot = factory()
+        .path()
+        .parent()
+        .expect("the disk image is in a directory")
+        .join("parts/kernel.ext4");
+    let files = dir.join("kernel");
+    std::fs::create_dir_all(&files).expect("create the slot's directory");
+    for name in ["Image.gz", "initrd"] {
+        let request = format!("dump /{name} {}", files.join(name).display());
+        run(Command::new("debugfs")
+            .arg("-R")
+            .arg(request)
+            .arg(&factory_slot));
+    }
+    run(Command::new("gzip").arg("-d").arg(files.join("Image.gz")));
+    let slot = dir.join("kernel.ext4");
+    run(Command::new("truncate").arg("-s").arg("48M").arg(&slot));
+    run(Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-L", "kernel", "-d"])
+        .arg(&files)
+        .arg(&slot));
+    std::fs::read(&slot).expect("read the slot image")
+}
+
+fn run(command: &mut Command) {
+    let status = command.status().expect("start a host tool");
+    assert!(status.success(), "{command:?}: {status}");
 }
 
 #[test]

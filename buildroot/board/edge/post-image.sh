@@ -77,7 +77,7 @@ use_buildroot_host_tools() {
         PATH=$HOST_DIR/bin:$HOST_DIR/sbin:$PATH
     fi
     local tool
-    for tool in mkimage mkenvimage genimage mkfs.vfat mcopy mmd mkfs.ext4 debugfs bmaptool gzip; do
+    for tool in mkimage mkenvimage genimage mkfs.vfat mcopy mmd mkfs.ext4 debugfs e2fsck resize2fs dumpe2fs bmaptool gzip; do
         command -v "$tool" >/dev/null ||
             die "$tool not found; the defconfigs build it (host-uboot-tools, host-genimage, host-dosfstools, host-mtools, host-e2fsprogs, host-bmap-tools)"
     done
@@ -153,22 +153,28 @@ add_rpi_boot_files() {
     mcopy -i "$img" "$BINARIES_DIR/u-boot.bin" ::u-boot.bin
 }
 
-# One kernel image serves both kernel slots at the factory. The Raspberry
-# Pi's device trees built with that kernel ride along in the slot, so an
-# update can carry a matching device tree. The boot script hands the kernel
-# the firmware's device tree (from the boot partition, with the config.txt
-# overlays applied), not these.
+# One kernel image serves both kernel slots at the factory, gzip'd as
+# Image.gz (booti unpacks it; the slot and every update bundle carry a third
+# of the bytes). The Raspberry Pi's device trees built with that kernel ride
+# along in the slot, so an update can carry a matching device tree. The
+# boot script hands the kernel the firmware's device tree (from the boot
+# partition, with the config.txt overlays applied), not these. The file
+# system is written whole and only ever read: no journal, no room kept to
+# grow, no blocks reserved for root, a handful of inodes, and it is shrunk to
+# its files; genimage pads it to the partition.
 make_kernel_ext4() {
     local img=$BINARIES_DIR/kernel.ext4 dir=$WORK/kernel dtb
-    log "making kernel.ext4 ($KERNEL_EXT4_SIZE)"
     mkdir -p "$dir"
-    cp "$BINARIES_DIR/Image" "$dir/Image"
+    gzip -9 -n -c "$BINARIES_DIR/Image" >"$dir/Image.gz"
     if [[ $BOARD == rpi4 ]]; then
         while read -r dtb; do
             cp "$dtb" "$dir/"
         done < <(rpi_dtbs)
     fi
-    make_ext4 "$img" "$KERNEL_EXT4_SIZE" kernel "$dir"
+    make_ext4 "$img" "$KERNEL_EXT4_SIZE" kernel "$dir" \
+        -b 4096 -m 0 -N 64 -O ^has_journal,^resize_inode
+    shrink_ext4 "$img"
+    log "made kernel.ext4 ($(stat -c %s "$img") bytes, at most $KERNEL_EXT4_SIZE)"
 }
 
 make_data_ext4() {
@@ -176,23 +182,36 @@ make_data_ext4() {
     make_ext4 "$BINARIES_DIR/data.ext4" "$DATA_EXT4_SIZE" data ""
 }
 
-# make_ext4 IMAGE SIZE LABEL [DIR]: an ext4 image, filled from DIR when it
-# is not empty. mke2fs copies the build user's owner onto the files; the box
-# reads them as root, so hand every file to root.
+# make_ext4 IMAGE SIZE LABEL DIR [MKE2FS_OPTION...]: an ext4 image, filled
+# from DIR when it is not empty. mke2fs copies the build user's owner onto
+# the files; the box reads them as root, so hand every file to root.
 make_ext4() {
     local img=$1 size=$2 label=$3 dir=$4
+    shift 4
     rm -f "$img"
     truncate -s "$size" "$img"
     if [[ -n $dir ]]; then
-        mkfs.ext4 -q -F -L "$label" -E root_owner=0:0 -d "$dir" "$img"
+        mkfs.ext4 -q -F -L "$label" -E root_owner=0:0 "$@" -d "$dir" "$img"
         (cd "$dir" && find . -mindepth 1 -printf '/%P\n') | while read -r path; do
             printf 'set_inode_field %s uid 0\nset_inode_field %s gid 0\n' "$path" "$path"
         done >"$WORK/$label.debugfs"
         debugfs -w -f "$WORK/$label.debugfs" "$img" >/dev/null 2>&1 ||
             die "could not set file owners in $img"
     else
-        mkfs.ext4 -q -F -L "$label" -E root_owner=0:0 "$img"
+        mkfs.ext4 -q -F -L "$label" -E root_owner=0:0 "$@" "$img"
     fi
+}
+
+# shrink_ext4 IMAGE: shrinks the file system to the fewest blocks that hold
+# its files, and the file to the file system.
+shrink_ext4() {
+    local img=$1 blocks block_size
+    e2fsck -f -p "$img" >/dev/null || die "e2fsck found errors in $img"
+    resize2fs -M "$img" >/dev/null 2>&1 || die "resize2fs could not shrink $img"
+    blocks=$(dumpe2fs -h "$img" 2>/dev/null | sed -n 's/^Block count: *//p')
+    block_size=$(dumpe2fs -h "$img" 2>/dev/null | sed -n 's/^Block size: *//p')
+    [[ -n $blocks && -n $block_size ]] || die "cannot read the size of $img"
+    truncate -s $((blocks * block_size)) "$img"
 }
 
 # The initial boot state: slot A first, three tries on each slot, in the
