@@ -5,7 +5,7 @@
 
 use std::os::unix::fs::FileExt as _;
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 
 use edge_tests::bootstate::{self, encode_state, state_vars, Vars};
@@ -173,7 +173,8 @@ fn uncompressed_kernel_slot(dir: &Path) -> Vec<u8> {
         run(Command::new("debugfs")
             .arg("-R")
             .arg(request)
-            .arg(&factory_slot));
+            .arg(&factory_slot)
+            .stderr(Stdio::null()));
     }
     run(Command::new("gzip").arg("-d").arg(files.join("Image.gz")));
     let slot = dir.join("kernel.ext4");
