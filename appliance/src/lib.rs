@@ -4,6 +4,7 @@
 pub mod config;
 pub mod https;
 pub mod run;
+pub mod status;
 pub mod storage;
 mod sys;
 pub mod update;

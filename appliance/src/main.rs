@@ -33,6 +33,10 @@ enum Command {
         /// system start of the image passes it; without it none is used.
         #[arg(long, value_name = "DEVICE")]
         watchdog: Option<PathBuf>,
+        /// Keep a status file for people here, e.g. /boot/status.txt; the
+        /// system start of the image passes it.
+        #[arg(long, value_name = "FILE")]
+        status_file: Option<PathBuf>,
     },
     /// Checks a configuration file and explains every error with its key.
     CheckConfig {
@@ -87,8 +91,18 @@ fn main() -> ExitCode {
             no_reboot,
         }) => update_install(&config, &bundle, no_reboot),
         Command::GrowData { device, mountpoint } => grow_data(&device, &mountpoint),
-        Command::Run { config, watchdog } => match Config::load(&config) {
-            Ok(config) => match run::main(config, watchdog.as_deref()) {
+        Command::Run {
+            config,
+            watchdog,
+            status_file,
+        } => match Config::load(&config) {
+            Ok(config) => match run::main(
+                config,
+                &run::Options {
+                    watchdog,
+                    status_file,
+                },
+            ) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("edge: {e:#}");

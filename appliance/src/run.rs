@@ -2,7 +2,7 @@
 //! waits for a signal.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -22,12 +22,25 @@ use tracing_subscriber::EnvFilter;
 
 use crate::config::{Config, MetricsConfig, UpdateConfig};
 use crate::https::Https;
-use crate::update::state::Pending;
+use crate::status::{Field, Status};
+use crate::update::state::{Pending, UpdateState};
 use crate::update::supervise::{after_boot_check, poll_channel, wait_for_reboot_window, Verdict};
+use crate::update::{booted_slot, read_boot_state, Partitions, UpdateError};
 use crate::watchdog::Watchdog;
 
-/// Runs the box until SIGTERM or SIGINT, feeding `watchdog` if one is given.
-pub fn main(config: Config, watchdog: Option<&Path>) -> anyhow::Result<()> {
+/// What the system start hands `edge run` besides the configuration: the
+/// board's devices and the image's layout, which the partner's
+/// configuration does not know.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// A watchdog device to arm and feed.
+    pub watchdog: Option<PathBuf>,
+    /// Where to keep the status file (the `boot` partition's `status.txt`).
+    pub status_file: Option<PathBuf>,
+}
+
+/// Runs the box until SIGTERM or SIGINT.
+pub fn main(config: Config, options: &Options) -> anyhow::Result<()> {
     init_logging(&config.log.filter);
     // Libraries that build their own rustls configurations (the ACME
     // client's HTTPS) take the process default: make it the one provider
@@ -44,7 +57,7 @@ pub fn main(config: Config, watchdog: Option<&Path>) -> anyhow::Result<()> {
         .context("cannot start the runtime")?;
     runtime.block_on(async {
         // Armed first: from here on, a hang anywhere resets the box.
-        let watchdog = match watchdog.map(Watchdog::open).transpose() {
+        let watchdog = match options.watchdog.as_deref().map(Watchdog::open).transpose() {
             Ok(watchdog) => watchdog,
             Err(e) => {
                 warn!(error = %e, "cannot open the watchdog; running without one");
@@ -54,7 +67,8 @@ pub fn main(config: Config, watchdog: Option<&Path>) -> anyhow::Result<()> {
         if let Some(watchdog) = &watchdog {
             tokio::spawn(watchdog.clone().feed_forever());
         }
-        let result = serve(config).await;
+        let status = options.status_file.clone().map(Status::new);
+        let result = serve(config, status).await;
         // Only a stop that was asked for disarms; a failure leaves the
         // watchdog armed for whatever starts next, or else resets the box.
         if let (Ok(()), Some(watchdog)) = (&result, &watchdog) {
@@ -82,7 +96,7 @@ fn use_colour() -> bool {
         && std::io::IsTerminal::is_terminal(&std::io::stderr())
 }
 
-async fn serve(config: Config) -> anyhow::Result<()> {
+async fn serve(config: Config, status: Option<Status>) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new());
     let registry = Arc::new(registry(&config.metrics, &metrics));
 
@@ -102,8 +116,15 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         info!(addr = %listener.local_addr()?, "mux listening");
         tokio::spawn(Arc::clone(&mux).serve(listener));
     }
+    if let Some(status) = &status {
+        let cmdline = config.update.as_ref().map(|u| u.cmdline.as_path());
+        starting_status(status, cmdline).await;
+        if let Some(addr) = self_check {
+            tokio::spawn(status.clone().track_addresses(addr.port()));
+        }
+    }
     if let (Some(update), Some(addr)) = (config.update.clone(), self_check) {
-        tokio::spawn(supervise_slot(update, addr));
+        tokio::spawn(supervise_slot(update, addr, status.clone()));
     }
 
     let hup = Arc::new(Notify::new());
@@ -149,24 +170,110 @@ fn loopback_for(addr: SocketAddr) -> SocketAddr {
 
 /// Proves the running slot healthy and marks it good, or reboots so that the
 /// boot script counts a failed try and, after three, falls back.
-async fn supervise_slot(update: UpdateConfig, addr: SocketAddr) {
-    match after_boot_check(&update, addr).await {
+async fn supervise_slot(update: UpdateConfig, addr: SocketAddr, status: Option<Status>) {
+    let verdict = after_boot_check(&update, addr).await;
+    if let Some(status) = &status {
+        let slot = match &verdict {
+            Ok(Verdict::MarkedGood(_) | Verdict::AwaitingReboot(_)) => "marked good".to_owned(),
+            Ok(Verdict::Unhealthy) => format!(
+                "unhealthy: its health check did not pass within {}",
+                humantime::format_duration(update.health_deadline)
+            ),
+            Err(e) => format!("not supervised: {e}"),
+        };
+        report_slot(status, &update, &slot).await;
+    }
+    match verdict {
         Ok(Verdict::MarkedGood(_)) => {
             if let Some(url) = update.channel.clone() {
                 let pending = poll_channel(update.clone(), url).await;
-                reboot_into(&update, &pending).await;
+                reboot_into(&update, &pending, status.as_ref()).await;
             }
         }
-        Ok(Verdict::AwaitingReboot(pending)) => reboot_into(&update, &pending).await,
+        Ok(Verdict::AwaitingReboot(pending)) => {
+            reboot_into(&update, &pending, status.as_ref()).await;
+        }
         Ok(Verdict::Unhealthy) if update.reboot => reboot("the health check did not pass in time"),
         Ok(Verdict::Unhealthy) => warn!("unhealthy; not rebooting, as configured"),
         Err(e) => warn!(error = %e, "slot supervision unavailable"),
     }
 }
 
+/// The first lines of the status file: the version, and the slot as the
+/// boot script named it on the kernel command line.
+async fn starting_status(status: &Status, cmdline: Option<&Path>) {
+    let version = concat!(env!("CARGO_PKG_VERSION"), " (", env!("EDGE_GIT_REV"), ")");
+    status.set(Field::Version, version).await;
+    let cmdline = std::fs::read_to_string(cmdline.unwrap_or(Path::new("/proc/cmdline")));
+    let slot = match cmdline.ok().as_deref().and_then(booted_slot) {
+        Some(slot) => format!("{slot}, starting"),
+        None => "unknown: not started by the edge boot script".to_owned(),
+    };
+    status.set(Field::Slot, slot).await;
+}
+
+/// Rewrites the slot line with what supervision made of the running slot
+/// (`what`), and the boot order, update and rollback lines from the boot
+/// state and the updater's record.
+async fn report_slot(status: &Status, update: &UpdateConfig, what: &str) {
+    let facts = (|| {
+        let cmdline = std::fs::read_to_string(&update.cmdline).ok();
+        let booted = cmdline.as_deref().and_then(booted_slot);
+        let partitions = Partitions::discover(&update.sys_root, &update.dev_root)?;
+        let boot = read_boot_state(&partitions.bootstate)?.state;
+        let state = UpdateState::load(&update.state_dir)?;
+        Ok::<_, UpdateError>((booted, boot, state))
+    })();
+    let (booted, boot, state) = match facts {
+        Ok(facts) => facts,
+        Err(e) => {
+            warn!(error = %e, "cannot read the slots for the status file");
+            return status.set(Field::Slot, what).await;
+        }
+    };
+    let slot = booted.map_or_else(|| "unknown".to_owned(), |slot| slot.to_string());
+    status.set(Field::Slot, format!("{slot}, {what}")).await;
+    let [first, second] = boot.order();
+    let order = format!(
+        "{first} {second} (tries left: {first} {}, {second} {})",
+        boot.tries_left(first),
+        boot.tries_left(second)
+    );
+    status.set(Field::BootOrder, order).await;
+    match &state.last_rollback {
+        Some(rollback) => {
+            let line = format!("{}: {}", rollback.version, rollback.reason);
+            status.set(Field::LastRollback, line).await;
+        }
+        None => status.clear(Field::LastRollback).await,
+    }
+    match &state.pending {
+        Some(pending) if Some(pending.slot.as_str()) != booted.map(|s| s.as_str()) => {
+            let line = format!("{} installed into slot {}", pending.version, pending.slot);
+            status.set(Field::Update, line).await;
+        }
+        _ => status.clear(Field::Update).await,
+    }
+}
+
 /// Reboots into an installed update once its reboot window allows.
-async fn reboot_into(update: &UpdateConfig, pending: &Pending) {
+async fn reboot_into(update: &UpdateConfig, pending: &Pending, status: Option<&Status>) {
     let window = update.reboot_window.as_ref();
+    if let Some(status) = status {
+        // The install switched the boot order; the running slot was marked
+        // good before anything was installed.
+        report_slot(status, update, "marked good").await;
+        let when = match window {
+            _ if !update.reboot => "not rebooting, as configured".to_owned(),
+            Some(window) => format!("reboots into it inside {window} UTC"),
+            None => "rebooting into it".to_owned(),
+        };
+        let line = format!(
+            "{} installed into slot {}; {when}",
+            pending.version, pending.slot
+        );
+        status.set(Field::Update, line).await;
+    }
     wait_for_reboot_window(window, pending, SystemTime::now).await;
     if update.reboot {
         reboot("update installed");

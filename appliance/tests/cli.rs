@@ -350,3 +350,45 @@ fn run_feeds_the_watchdog_and_disarms_it_on_a_clean_stop() {
     let fed = std::fs::read(&device).expect("read the stand-in");
     assert_eq!(fed.last(), Some(&b'V'), "{fed:?}");
 }
+
+#[test]
+fn run_keeps_a_status_file_for_people() {
+    let port = free_port();
+    let config = temp_file(
+        "status.toml",
+        &format!("[mux]\nlisten = \"127.0.0.1:{port}\"\n"),
+    );
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let path = dir.path().join("status.txt");
+    let mut running = Running(
+        edge()
+            .arg("run")
+            .arg("--config")
+            .arg(&config)
+            .arg("--status-file")
+            .arg(&path)
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start edge"),
+    );
+    wait_for_port(port);
+    // The addresses line comes last, from a task of its own.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let status = loop {
+        let status = std::fs::read_to_string(&path).unwrap_or_default();
+        if status.contains("\naddresses:") || std::time::Instant::now() > deadline {
+            break status;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    stop(&mut running);
+
+    let version = format!("version:       {} (", env!("CARGO_PKG_VERSION"));
+    assert!(status.contains(&version), "{status}");
+    // This host's kernel command line names no slot.
+    assert!(
+        status.contains("slot:          unknown: not started by the edge boot script\n"),
+        "{status}"
+    );
+    assert!(status.contains("\naddresses:     "), "{status}");
+}

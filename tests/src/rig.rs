@@ -268,6 +268,44 @@ pub fn provision(image: &Path, dir: &Path, files: &[(&str, &str)]) {
     }
 }
 
+/// Reads `name` from the boot partition of `image`; `None` while it is not
+/// there. The box flushes what it writes there, and QEMU writes through to
+/// the image file, so this works while the box runs.
+pub fn boot_file(image: &Path, name: &str) -> Option<String> {
+    let boot = crate::disk::find(image, "boot").expect("the boot partition");
+    let output = Command::new("mtype")
+        .env("MTOOLS_SKIP_CHECK", "1")
+        .arg("-i")
+        .arg(format!("{}@@{}", image.display(), boot.offset()))
+        .arg(format!("::{name}"))
+        .output()
+        .expect("run mtype (run ./dev deps)");
+    output
+        .status
+        .success()
+        .then(|| String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// The box's status file (`status.txt` on the boot partition) once it holds
+/// `wanted`, waiting up to 30 s for the box to write it.
+pub fn status_saying(image: &Path, wanted: &str) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let status = boot_file(image, STATUS_FILE).unwrap_or_default();
+        if status.contains(wanted) {
+            return status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{STATUS_FILE} never said {wanted:?}; it says:\n{status}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
+}
+
+/// The status file the box keeps on its boot partition.
+pub const STATUS_FILE: &str = "status.txt";
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use edge_tests::disk::Extent as _;
 use edge_tests::rig::{
-    chosen_slot, cmdline_value, provision, CHOSE_SLOT, EDGE_STARTING, FATAL, INIT_CMDLINE,
-    MARKED_GOOD,
+    chosen_slot, cmdline_value, provision, status_saying, CHOSE_SLOT, EDGE_STARTING, FATAL,
+    INIT_CMDLINE, MARKED_GOOD,
 };
 use edge_tests::{bootstate, disk, repo_root, wait_healthy, FactoryDisk, RunningBox, ScratchDir};
 
@@ -161,6 +161,18 @@ fn factory_image_boots_slot_a_and_serves_healthz() {
     // the file.
     edge_box.expect_line(MARKED_GOOD);
     let marked_at = edge_box.uptime();
+    // What a partner reads when they put the card in a computer.
+    let status = status_saying(&image, "slot:          A, marked good\n");
+    let version = format!("version:       {} (", env!("CARGO_PKG_VERSION"));
+    for line in [
+        version.as_str(),
+        "boot order:    A B (tries left: A 3, B 3)\n",
+        "addresses:     10.0.2.15\n",
+        "health:        https://10.0.2.15/healthz\n",
+    ] {
+        assert!(status.contains(line), "no {line:?} in:\n{status}");
+    }
+    assert!(!status.contains("last rollback:"), "{status}");
     drop(edge_box);
     for (copy, state) in bootstate::read_both(&image)
         .expect("read the boot state after the boot")

@@ -9,8 +9,8 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use edge_tests::rig::{
-    chosen_slot, provision_for_channel, spoil_slot_b, BootOptions, CHOSE_SLOT, COMPATIBLE,
-    MARKED_GOOD, SERVER_IN_BOX,
+    chosen_slot, provision_for_channel, spoil_slot_b, status_saying, BootOptions, CHOSE_SLOT,
+    COMPATIBLE, MARKED_GOOD, SERVER_IN_BOX,
 };
 use edge_tests::update_server::{Offer, UpdateServer};
 use edge_tests::{bootstate, repo_root, wait_healthy, FactoryDisk, RunningBox, ScratchDir};
@@ -114,6 +114,15 @@ fn an_update_from_the_channel_boots_slot_b_and_is_marked_good() {
         );
     }
     assert_eq!(server.bundle_requests(), vec![None], "one whole download");
+    let status = status_saying(&image, "slot:          B, marked good\n");
+    assert!(
+        status.contains("boot order:    B A (tries left: B 3, A 3)\n"),
+        "{status}"
+    );
+    assert!(
+        !status.contains("update:"),
+        "nothing waits any more:\n{status}"
+    );
     drop(edge_box);
 
     bootstate::assert_both(&image, "B A", 3, 3);
@@ -156,6 +165,12 @@ fn an_update_that_never_comes_up_rolls_back_after_three_tries() {
     assert!(rolled_back.contains("used up its tries"), "{rolled_back}");
     let good = edge_box.expect_line(MARKED_GOOD);
     assert!(good.contains("slot=A"), "{good}");
+    let status = status_saying(&image, &format!("last rollback: {NEW_VERSION}: "));
+    assert!(status.contains("used up its tries"), "{status}");
+    assert!(
+        status.contains("slot:          A, marked good\n"),
+        "{status}"
+    );
 
     // The channel still offers the failed version; the box reads it again
     // and again but does not fetch it.
