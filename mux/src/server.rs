@@ -195,21 +195,20 @@ impl Mux {
         proxy_protocol: bool,
         activity: &Arc<Activity>,
     ) {
-        let connect = timeout(self.config.connect_timeout, TcpStream::connect(upstream)).await;
-        let upstream_tcp = match connect {
-            Ok(Ok(tcp)) => tcp,
-            Ok(Err(e)) => return self.upstream_failed(&conn, &e.to_string()),
-            Err(_) => return self.upstream_failed(&conn, "connect timeout"),
-        };
-        let _ = upstream_tcp.set_nodelay(true);
-        let mut upstream_tcp = Tracked::new(upstream_tcp, Arc::clone(activity));
-
         let mut head = Vec::with_capacity(conn.buffered.len() + 64);
         if proxy_protocol {
             head.extend_from_slice(&proxy::v2_header(conn.peer, conn.local));
         }
         head.extend_from_slice(&conn.buffered);
-        if let Err(e) = upstream_tcp.write_all(&head).await {
+
+        let connect = timeout(self.config.connect_timeout, connect_with(upstream, &head)).await;
+        let (upstream_tcp, sent) = match connect {
+            Ok(Ok(connected)) => connected,
+            Ok(Err(e)) => return self.upstream_failed(&conn, &e.to_string()),
+            Err(_) => return self.upstream_failed(&conn, "connect timeout"),
+        };
+        let mut upstream_tcp = Tracked::new(upstream_tcp, Arc::clone(activity));
+        if let Err(e) = upstream_tcp.write_all(&head[sent..]).await {
             return self.upstream_failed(&conn, &e.to_string());
         }
         // copy_bidirectional shuts down each side's write half when the other
@@ -360,6 +359,54 @@ fn peek_failure(error: &PeekError) -> PeekFailure {
         reason,
         answer_as_tls,
     }
+}
+
+/// Connects to `upstream` with `TCP_NODELAY` and sends as much of `head` as
+/// the new connection takes at once; returns the stream and how much of
+/// `head` went.
+///
+/// A non-blocking connect returns before the handshake is known to be done,
+/// but to a nearby upstream (the usual case: a service on the box itself)
+/// it is often done already. Sending at once then saves the wait for the
+/// socket to turn writable, a round through the runtime's event loop, on
+/// the path of every passthrough handshake. When the connection is not
+/// ready yet, the send fails with `EAGAIN` and nothing is lost.
+async fn connect_with(upstream: &str, head: &[u8]) -> io::Result<(TcpStream, usize)> {
+    let Ok(addr) = upstream.parse::<SocketAddr>() else {
+        // A host name: resolved on tokio's blocking pool.
+        let tcp = TcpStream::connect(upstream).await?;
+        let _ = tcp.set_nodelay(true);
+        return Ok((tcp, 0));
+    };
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_nonblocking(true)?;
+    let _ = socket.set_tcp_nodelay(true);
+    match socket.connect(&addr.into()) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(nix::errno::Errno::EINPROGRESS as i32) => {}
+        Err(e) => return Err(e),
+    }
+    let sent = match socket.send(head) {
+        Ok(n) => n,
+        Err(e) if not_connected_yet(&e) => 0,
+        Err(e) => return Err(e),
+    };
+    let tcp = TcpStream::from_std(std::net::TcpStream::from(socket))?;
+    if sent == 0 {
+        // Not connected yet: wait for the handshake to end either way.
+        tcp.writable().await?;
+        if let Some(e) = tcp.take_error()? {
+            return Err(e);
+        }
+    }
+    Ok((tcp, sent))
+}
+
+fn not_connected_yet(error: &io::Error) -> bool {
+    use nix::errno::Errno;
+    error.kind() == io::ErrorKind::WouldBlock
+        || error.raw_os_error() == Some(Errno::ENOTCONN as i32)
 }
 
 /// Reads the first bytes of a terminated stream until [`sniff`] decides.

@@ -92,6 +92,46 @@ async fn bytes_are_replayed_exactly_behind_a_proxy_header() {
     assert_eq!(read_n(&mut seen, sent.len()).await, sent);
 }
 
+/// Upstreams by IPv6 literal (the connection takes the hello at once) and
+/// by host name (resolved first, then connected). A host without IPv6 on
+/// loopback tests the name only.
+#[tokio::test]
+async fn upstreams_by_ipv6_address_and_by_name_get_the_hello() {
+    let v4 = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind 127.0.0.1");
+    let mut upstreams = vec![(
+        format!("localhost:{}", v4.local_addr().expect("addr").port()),
+        v4,
+    )];
+    match TcpListener::bind("[::1]:0").await {
+        Ok(v6) => upstreams.push((v6.local_addr().expect("addr").to_string(), v6)),
+        Err(e) => eprintln!("no IPv6 loopback ({e}); testing the upstream by name only"),
+    }
+    for (upstream, listener) in upstreams {
+        let mut route = passthrough(
+            "turn.example.org",
+            "127.0.0.1:1".parse().expect("addr"),
+            false,
+        );
+        route.upstream = Some(upstream.clone());
+        let mux = mux_with(route).await;
+        let mut client = TcpStream::connect(mux.addr).await.expect("connect");
+        client.write_all(RUSTLS_HELLO).await.expect("write");
+        let (mut seen, _) = tokio::time::timeout(Duration::from_secs(10), listener.accept())
+            .await
+            .unwrap_or_else(|_| panic!("{upstream} was never connected"))
+            .expect("accept");
+        assert_eq!(
+            read_n(&mut seen, RUSTLS_HELLO.len()).await,
+            RUSTLS_HELLO,
+            "{upstream}"
+        );
+        seen.write_all(b"pong").await.expect("write");
+        assert_eq!(read_n(&mut client, 4).await, b"pong", "{upstream}");
+    }
+}
+
 #[tokio::test]
 async fn half_close_passes_both_ways() {
     let upstream = TcpListener::bind("127.0.0.1:0").await.expect("bind");
