@@ -32,6 +32,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/rig-lib.sh"
 
 readonly GENIMAGE_CFG="$RIG_ROOT/image/layout/genimage.cfg"
 readonly BOOT_CMD="$RIG_ROOT/image/boot/boot.cmd"
+readonly KERNEL_SLOT="$RIG_ROOT/image/layout/kernel-slot.sh"
 readonly OVERLAY="$RIG_ROOT/image/rootfs-overlay"
 readonly PROVISIONING="$RIG_HERE/edge.toml"
 
@@ -73,8 +74,7 @@ main() {
 
 # The kernel slot: Debian's arm64 kernel gzip'd as Image.gz (booti unpacks
 # it; a third of the size in the slot and in update bundles), the rig's
-# initrd, in an ext4 no larger than its files need. genimage pads it to the
-# partition's size.
+# initrd, in an ext4 no larger than its files need (image/layout/kernel-slot.sh).
 make_kernel_ext4() {
     local dir="$WORK/kernel"
     mkdir -p "$dir"
@@ -84,11 +84,7 @@ make_kernel_ext4() {
         gzip -9 -n -c "$RIG_CACHE/vmlinuz" >"$dir/Image.gz"
     fi
     "$RIG_HERE/mkinitrd.sh" "$dir/initrd"
-    # Written whole and only ever read: no journal, no room kept to grow,
-    # no blocks reserved for root, a handful of inodes.
-    make_ext4 "$PARTS/kernel.ext4" "$KERNEL_SIZE" kernel "$dir" \
-        -b 4096 -m 0 -N 64 -O ^has_journal,^resize_inode
-    shrink_ext4 "$PARTS/kernel.ext4"
+    "$KERNEL_SLOT" "$dir" "$PARTS/kernel.ext4" "$KERNEL_SIZE"
 }
 
 # The read-only root of a slot. The kernel modules it needs were loaded by
@@ -136,30 +132,15 @@ make_bootstate() {
 }
 
 make_data_ext4() {
-    make_ext4 "$PARTS/data.ext4" "$DATA_SIZE" data ""
+    make_ext4 "$PARTS/data.ext4" "$DATA_SIZE" data
 }
 
-# make_ext4 IMAGE SIZE LABEL DIR [MKFS_OPTION...]: an ext4 image of SIZE,
-# filled from DIR unless DIR is empty. The image stays sparse.
+# make_ext4 IMAGE SIZE LABEL: an empty ext4 image of SIZE. The image stays
+# sparse.
 make_ext4() {
-    local img=$1 size=$2 label=$3 dir=$4
-    shift 4
+    local img=$1 size=$2 label=$3
     truncate -s "$size" "$img"
-    local args=(-q -F -L "$label" -E root_owner=0:0 "$@")
-    [[ -n $dir ]] && args+=(-d "$dir")
-    mkfs.ext4 "${args[@]}" "$img"
-}
-
-# shrink_ext4 IMAGE: shrinks the file system to the fewest blocks that hold
-# its files, and the file to the file system.
-shrink_ext4() {
-    local img=$1 blocks block_size
-    e2fsck -f -p "$img" >/dev/null || die "e2fsck found errors in $img"
-    resize2fs -M "$img" >/dev/null 2>&1 || die "resize2fs could not shrink $img"
-    blocks=$(dumpe2fs -h "$img" 2>/dev/null | sed -n 's/^Block count: *//p')
-    block_size=$(dumpe2fs -h "$img" 2>/dev/null | sed -n 's/^Block size: *//p')
-    [[ -n $blocks && -n $block_size ]] || die "cannot read the size of $img"
-    truncate -s $((blocks * block_size)) "$img"
+    mkfs.ext4 -q -F -L "$label" -E root_owner=0:0 "$img"
 }
 
 # genimage writes into a directory of its own; the finished image is

@@ -28,6 +28,7 @@ readonly HERE
 readonly REPO_ROOT=${BR2_EXTERNAL_EDGE_PATH:-$HERE/../..}/..
 readonly BOOT_CMD=$REPO_ROOT/image/boot/boot.cmd
 readonly GENIMAGE_CFG=$REPO_ROOT/image/layout/genimage.cfg
+readonly KERNEL_SLOT=$REPO_ROOT/image/layout/kernel-slot.sh
 readonly PROVISIONING_SAMPLE=$REPO_ROOT/examples/edge.toml
 
 readonly BOOT_VFAT_SIZE=${EDGE_BOOT_VFAT_SIZE:-32M}
@@ -158,10 +159,8 @@ add_rpi_boot_files() {
 # of the bytes). The Raspberry Pi's device trees built with that kernel ride
 # along in the slot, so an update can carry a matching device tree. The
 # boot script hands the kernel the firmware's device tree (from the boot
-# partition, with the config.txt overlays applied), not these. The file
-# system is written whole and only ever read: no journal, no room kept to
-# grow, no blocks reserved for root, a handful of inodes, and it is shrunk to
-# its files; genimage pads it to the partition.
+# partition, with the config.txt overlays applied), not these. The slot's
+# file system is made as the QEMU rig makes it (image/layout/kernel-slot.sh).
 make_kernel_ext4() {
     local img=$BINARIES_DIR/kernel.ext4 dir=$WORK/kernel dtb
     mkdir -p "$dir"
@@ -171,47 +170,21 @@ make_kernel_ext4() {
             cp "$dtb" "$dir/"
         done < <(rpi_dtbs)
     fi
-    make_ext4 "$img" "$KERNEL_EXT4_SIZE" kernel "$dir" \
-        -b 4096 -m 0 -N 64 -O ^has_journal,^resize_inode
-    shrink_ext4 "$img"
+    "$KERNEL_SLOT" "$dir" "$img" "$KERNEL_EXT4_SIZE"
     log "made kernel.ext4 ($(stat -c %s "$img") bytes, at most $KERNEL_EXT4_SIZE)"
 }
 
 make_data_ext4() {
     log "making data.ext4 ($DATA_EXT4_SIZE)"
-    make_ext4 "$BINARIES_DIR/data.ext4" "$DATA_EXT4_SIZE" data ""
+    make_ext4 "$BINARIES_DIR/data.ext4" "$DATA_EXT4_SIZE" data
 }
 
-# make_ext4 IMAGE SIZE LABEL DIR [MKE2FS_OPTION...]: an ext4 image, filled
-# from DIR when it is not empty. mke2fs copies the build user's owner onto
-# the files; the box reads them as root, so hand every file to root.
+# make_ext4 IMAGE SIZE LABEL: an empty ext4 image.
 make_ext4() {
-    local img=$1 size=$2 label=$3 dir=$4
-    shift 4
+    local img=$1 size=$2 label=$3
     rm -f "$img"
     truncate -s "$size" "$img"
-    if [[ -n $dir ]]; then
-        mkfs.ext4 -q -F -L "$label" -E root_owner=0:0 "$@" -d "$dir" "$img"
-        (cd "$dir" && find . -mindepth 1 -printf '/%P\n') | while read -r path; do
-            printf 'set_inode_field %s uid 0\nset_inode_field %s gid 0\n' "$path" "$path"
-        done >"$WORK/$label.debugfs"
-        debugfs -w -f "$WORK/$label.debugfs" "$img" >/dev/null 2>&1 ||
-            die "could not set file owners in $img"
-    else
-        mkfs.ext4 -q -F -L "$label" -E root_owner=0:0 "$@" "$img"
-    fi
-}
-
-# shrink_ext4 IMAGE: shrinks the file system to the fewest blocks that hold
-# its files, and the file to the file system.
-shrink_ext4() {
-    local img=$1 blocks block_size
-    e2fsck -f -p "$img" >/dev/null || die "e2fsck found errors in $img"
-    resize2fs -M "$img" >/dev/null 2>&1 || die "resize2fs could not shrink $img"
-    blocks=$(dumpe2fs -h "$img" 2>/dev/null | sed -n 's/^Block count: *//p')
-    block_size=$(dumpe2fs -h "$img" 2>/dev/null | sed -n 's/^Block size: *//p')
-    [[ -n $blocks && -n $block_size ]] || die "cannot read the size of $img"
-    truncate -s $((blocks * block_size)) "$img"
+    mkfs.ext4 -q -F -L "$label" -E root_owner=0:0 "$img"
 }
 
 # The initial boot state: slot A first, three tries on each slot, in the
