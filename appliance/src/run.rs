@@ -117,8 +117,7 @@ async fn serve(config: Config, status: Option<Status>) -> anyhow::Result<()> {
         tokio::spawn(Arc::clone(&mux).serve(listener));
     }
     if let Some(status) = &status {
-        let cmdline = config.update.as_ref().map(|u| u.cmdline.as_path());
-        starting_status(status, cmdline).await;
+        starting_status(status, config.update.as_ref()).await;
         if let Some(addr) = self_check {
             tokio::spawn(status.clone().track_addresses(addr.port()));
         }
@@ -200,14 +199,17 @@ async fn supervise_slot(update: UpdateConfig, addr: SocketAddr, status: Option<S
 }
 
 /// The first lines of the status file: the version, and the slot as the
-/// boot script named it on the kernel command line.
-async fn starting_status(status: &Status, cmdline: Option<&Path>) {
+/// boot script named it on the kernel command line; without an `[update]`
+/// section nothing supervises it.
+async fn starting_status(status: &Status, update: Option<&UpdateConfig>) {
     let version = concat!(env!("CARGO_PKG_VERSION"), " (", env!("EDGE_GIT_REV"), ")");
     status.set(Field::Version, version).await;
-    let cmdline = std::fs::read_to_string(cmdline.unwrap_or(Path::new("/proc/cmdline")));
-    let slot = match cmdline.ok().as_deref().and_then(booted_slot) {
-        Some(slot) => format!("{slot}, starting"),
-        None => "unknown: not started by the edge boot script".to_owned(),
+    let cmdline = update.map_or(Path::new("/proc/cmdline"), |u| u.cmdline.as_path());
+    let cmdline = std::fs::read_to_string(cmdline);
+    let slot = match (cmdline.ok().as_deref().and_then(booted_slot), update) {
+        (Some(slot), Some(_)) => format!("{slot}, starting"),
+        (Some(slot), None) => format!("{slot}, not supervised: no [update] section"),
+        (None, _) => "unknown: not started by the edge boot script".to_owned(),
     };
     status.set(Field::Slot, slot).await;
 }
