@@ -181,18 +181,24 @@ fn field<'a>(line: &'a str, key: &str) -> &'a str {
 }
 
 /// Where the update was when the power went, from the console.
+///
+/// The bundle carries the factory's `edge`, which reports the factory's
+/// version, below the 0.99.0 the channel offers; so slot B, once good, sees
+/// the offer as newer too and installs it into slot A, and a cut late in the
+/// window can land in that second install or after it switched the boot
+/// order back to A.
 fn phase_of(transcript: &str) -> &'static str {
     let chose = transcript.matches(CHOSE_SLOT).count();
     let good = transcript.matches(MARKED_GOOD).count();
-    if chose >= 2 && good >= 2 {
-        "after slot B marked itself good"
-    } else if chose >= 2 {
-        "while slot B was booting"
-    } else if transcript.contains("update installed") {
-        "after the install, before the reboot"
-    } else if transcript.contains("installing update") {
-        "during the download and install"
-    } else {
-        "before the install started"
+    let installing = transcript.matches("installing update").count();
+    let installed = transcript.matches("update installed version=").count();
+    match (chose, good) {
+        (2.., 2..) if installed >= 2 => "after slot B installed the offer again, into slot A",
+        (2.., 2..) if installing >= 2 => "while slot B installed the offer again, into slot A",
+        (2.., 2..) => "after slot B marked itself good",
+        (2.., _) => "while slot B was booting",
+        _ if installed >= 1 => "after the install, before the reboot",
+        _ if installing >= 1 => "during the download and install",
+        _ => "before the install started",
     }
 }
