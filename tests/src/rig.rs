@@ -78,6 +78,12 @@ impl FactoryDisk {
         &self.disk
     }
 
+    /// A partition image mkdisk.sh laid out (`kernel.ext4`,
+    /// `rootfs.squashfs`, ...), which is also what a bundle carries.
+    pub fn part(&self, name: &str) -> PathBuf {
+        self.disk.with_file_name("parts").join(name)
+    }
+
     /// A private copy at `dest` that a boot may write to. The image is
     /// mostly holes; the copy keeps them (and shares blocks where the file
     /// system can).

@@ -161,11 +161,7 @@ fn a_slot_with_an_uncompressed_kernel_boots() {
 /// A kernel slot as the rig made it before kernels were gzip'd: the
 /// factory's kernel unpacked as `Image`, and its initrd.
 fn uncompressed_kernel_slot(dir: &Path) -> Vec<u8> {
-    let factory_slot = factory()
-        .path()
-        .parent()
-        .expect("the disk image is in a directory")
-        .join("parts/kernel.ext4");
+    let factory_slot = factory().part("kernel.ext4");
     let files = dir.join("kernel");
     std::fs::create_dir_all(&files).expect("create the slot's directory");
     for name in ["Image.gz", "initrd"] {

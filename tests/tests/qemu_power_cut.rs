@@ -37,12 +37,7 @@ fn factory() -> &'static FactoryDisk {
 }
 
 fn slot_image(name: &str) -> Vec<u8> {
-    let parts = factory()
-        .path()
-        .parent()
-        .expect("a directory")
-        .join("parts");
-    std::fs::read(parts.join(name)).expect("read a slot image")
+    std::fs::read(factory().part(name)).expect("read a slot image")
 }
 
 /// A small deterministic generator: the moments must be repeatable from the

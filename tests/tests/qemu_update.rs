@@ -30,12 +30,7 @@ const NEW_VERSION: &str = "0.99.0";
 
 /// A factory slot image: `kernel.ext4` or `rootfs.squashfs`.
 fn slot_image(name: &str) -> Vec<u8> {
-    let parts = factory()
-        .path()
-        .parent()
-        .expect("the disk image is in a directory")
-        .join("parts");
-    std::fs::read(parts.join(name)).expect("read a slot image")
+    std::fs::read(factory().part(name)).expect("read a slot image")
 }
 
 /// A bundle of the factory kernel and `rootfs`, as the new version.
