@@ -180,7 +180,7 @@ async fn supervise_slot(update: UpdateConfig, addr: SocketAddr, status: Option<S
             ),
             Err(e) => format!("not supervised: {e}"),
         };
-        report_slot(status, &update, &slot).await;
+        report_slot(status, &update, &slot, None).await;
     }
     match verdict {
         Ok(Verdict::MarkedGood(_)) => {
@@ -203,7 +203,6 @@ async fn supervise_slot(update: UpdateConfig, addr: SocketAddr, status: Option<S
 /// section nothing supervises it.
 async fn starting_status(status: &Status, update: Option<&UpdateConfig>) {
     let version = concat!(env!("CARGO_PKG_VERSION"), " (", env!("EDGE_GIT_REV"), ")");
-    status.set(Field::Version, version).await;
     let cmdline = update.map_or(Path::new("/proc/cmdline"), |u| u.cmdline.as_path());
     let cmdline = std::fs::read_to_string(cmdline);
     let slot = match (cmdline.ok().as_deref().and_then(booted_slot), update) {
@@ -211,13 +210,19 @@ async fn starting_status(status: &Status, update: Option<&UpdateConfig>) {
         (Some(slot), None) => format!("{slot}, not supervised: no [update] section"),
         (None, _) => "unknown: not started by the edge boot script".to_owned(),
     };
-    status.set(Field::Slot, slot).await;
+    status
+        .update([
+            (Field::Version, Some(version.to_owned())),
+            (Field::Slot, Some(slot)),
+        ])
+        .await;
 }
 
 /// Rewrites the slot line with what supervision made of the running slot
 /// (`what`), and the boot order, update and rollback lines from the boot
-/// state and the updater's record.
-async fn report_slot(status: &Status, update: &UpdateConfig, what: &str) {
+/// state and the updater's record, all in one write. `waiting`, when given,
+/// is the update line.
+async fn report_slot(status: &Status, update: &UpdateConfig, what: &str, waiting: Option<String>) {
     let facts = (|| {
         let cmdline = std::fs::read_to_string(&update.cmdline).ok();
         let booted = cmdline.as_deref().and_then(booted_slot);
@@ -234,37 +239,37 @@ async fn report_slot(status: &Status, update: &UpdateConfig, what: &str) {
         }
     };
     let slot = booted.map_or_else(|| "unknown".to_owned(), |slot| slot.to_string());
-    status.set(Field::Slot, format!("{slot}, {what}")).await;
     let [first, second] = boot.order();
     let order = format!(
         "{first} {second} (tries left: {first} {}, {second} {})",
         boot.tries_left(first),
         boot.tries_left(second)
     );
-    status.set(Field::BootOrder, order).await;
-    match &state.last_rollback {
-        Some(rollback) => {
-            let line = format!("{}: {}", rollback.version, rollback.reason);
-            status.set(Field::LastRollback, line).await;
-        }
-        None => status.clear(Field::LastRollback).await,
-    }
-    match &state.pending {
-        Some(pending) if Some(pending.slot.as_str()) != booted.map(|s| s.as_str()) => {
-            let line = format!("{} installed into slot {}", pending.version, pending.slot);
-            status.set(Field::Update, line).await;
-        }
-        _ => status.clear(Field::Update).await,
-    }
+    let rollback = state
+        .last_rollback
+        .as_ref()
+        .map(|rollback| format!("{}: {}", rollback.version, rollback.reason));
+    let waiting = waiting.or_else(|| {
+        state
+            .pending
+            .as_ref()
+            .filter(|pending| Some(pending.slot.as_str()) != booted.map(|s| s.as_str()))
+            .map(|pending| format!("{} installed into slot {}", pending.version, pending.slot))
+    });
+    status
+        .update([
+            (Field::Slot, Some(format!("{slot}, {what}"))),
+            (Field::BootOrder, Some(order)),
+            (Field::LastRollback, rollback),
+            (Field::Update, waiting),
+        ])
+        .await;
 }
 
 /// Reboots into an installed update once its reboot window allows.
 async fn reboot_into(update: &UpdateConfig, pending: &Pending, status: Option<&Status>) {
     let window = update.reboot_window.as_ref();
     if let Some(status) = status {
-        // The install switched the boot order; the running slot was marked
-        // good before anything was installed.
-        report_slot(status, update, "marked good").await;
         let when = match window {
             _ if !update.reboot => "not rebooting, as configured".to_owned(),
             Some(window) => format!("reboots into it inside {window} UTC"),
@@ -274,7 +279,9 @@ async fn reboot_into(update: &UpdateConfig, pending: &Pending, status: Option<&S
             "{} installed into slot {}; {when}",
             pending.version, pending.slot
         );
-        status.set(Field::Update, line).await;
+        // The install switched the boot order; the running slot was marked
+        // good before anything was installed.
+        report_slot(status, update, "marked good", Some(line)).await;
     }
     wait_for_reboot_window(window, pending, SystemTime::now).await;
     if update.reboot {

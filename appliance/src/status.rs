@@ -87,23 +87,34 @@ impl Status {
     /// write is logged: the status file is for people, the box goes on
     /// without it.
     pub async fn set(&self, field: Field, value: impl Into<String>) {
-        let value = value.into();
-        {
-            let mut fields = lock(&self.inner.fields);
-            if fields.get(&field) == Some(&value) {
-                return;
-            }
-            fields.insert(field, value);
-        }
-        self.flush().await;
+        self.update([(field, Some(value.into()))]).await;
     }
 
     /// Clears `field`, rewriting the file if it was set.
     pub async fn clear(&self, field: Field) {
-        if lock(&self.inner.fields).remove(&field).is_none() {
-            return;
+        self.update([(field, None)]).await;
+    }
+
+    /// Sets (`Some`) or clears (`None`) several fields, and rewrites the
+    /// file once if that changed it, so a reader never sees half of them.
+    pub async fn update(&self, changes: impl IntoIterator<Item = (Field, Option<String>)>) {
+        let mut changed = false;
+        {
+            let mut fields = lock(&self.inner.fields);
+            for (field, value) in changes {
+                if fields.get(&field) == value.as_ref() {
+                    continue;
+                }
+                changed = true;
+                match value {
+                    Some(value) => fields.insert(field, value),
+                    None => fields.remove(&field),
+                };
+            }
         }
-        self.flush().await;
+        if changed {
+            self.flush().await;
+        }
     }
 
     async fn flush(&self) {
@@ -328,6 +339,28 @@ mod tests {
             .map(|e| e.expect("a directory entry").file_name())
             .collect();
         assert_eq!(leftovers, ["status.txt"], "temporary files left behind");
+    }
+
+    #[tokio::test]
+    async fn several_fields_land_in_one_write() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let path = dir.path().join("status.txt");
+        let status = Status::new(path.clone());
+        status
+            .set(Field::Update, "0.9.0 installed into slot B")
+            .await;
+        status
+            .update([
+                (Field::Slot, Some("B, marked good".to_owned())),
+                (Field::BootOrder, Some("B A".to_owned())),
+                (Field::Update, None),
+            ])
+            .await;
+        let text = fs::read_to_string(&path).expect("read the file");
+        assert!(
+            text.ends_with("slot:          B, marked good\nboot order:    B A\n"),
+            "{text}"
+        );
     }
 
     #[tokio::test]
