@@ -234,8 +234,12 @@ fn start_edge(config: &str, name: &str, nofile: Option<u32>) -> Running {
 #[test]
 fn descriptor_exhaustion_pauses_accepting_instead_of_crashing() {
     let (port, metrics_port) = (free_port(), free_port());
+    // The peek limits are above the connections the test opens, so every
+    // one of them stays pending and holds its descriptor: the box runs out
+    // of descriptors whatever order its tasks run in.
     let config = format!(
         "[mux]\nlisten = \"127.0.0.1:{port}\"\npeek_timeout = \"3s\"\n\
+         max_pending = 1000\nmax_pending_per_source = 1000\n\
          [metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n"
     );
     let mut running = start_edge(&config, "nofile.toml", Some(48));
