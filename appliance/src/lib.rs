@@ -2,6 +2,7 @@
 //! box's own services. `main.rs` is only the command line.
 
 pub mod config;
+mod durable;
 pub mod https;
 pub mod run;
 pub mod status;

@@ -6,13 +6,13 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write as _};
+use std::io;
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
+use nix::net::if_::InterfaceFlags;
 use tracing::warn;
 
 /// How often the box's addresses are looked at (DHCP may change them).
@@ -136,13 +136,12 @@ impl Status {
             let line = if addresses.is_empty() {
                 "none yet (no network, or DHCP has not answered)".to_owned()
             } else {
-                join(addresses.iter().map(IpAddr::to_string))
+                let all: Vec<String> = addresses.iter().map(IpAddr::to_string).collect();
+                all.join(", ")
             };
-            self.set(Field::Addresses, line).await;
-            match addresses.first() {
-                Some(ip) => self.set(Field::Health, health_url(*ip, port)).await,
-                None => self.clear(Field::Health).await,
-            }
+            let health = addresses.first().map(|ip| health_url(*ip, port));
+            self.update([(Field::Addresses, Some(line)), (Field::Health, health)])
+                .await;
             tokio::time::sleep(ADDRESS_CHECK).await;
         }
     }
@@ -156,7 +155,7 @@ impl Inner {
             return Ok(());
         }
         let text = format!("{}{body}", time_line(SystemTime::now()));
-        replace(&self.path, text.as_bytes())?;
+        crate::durable::replace(&self.path, text.as_bytes())?;
         *written = Some(body);
         Ok(())
     }
@@ -168,7 +167,7 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// The header and one `label: value` line per field, aligned.
+/// One `label: value` line per field, the values aligned.
 fn render_body(fields: &BTreeMap<Field, String>) -> String {
     let mut text = String::new();
     for (field, value) in fields {
@@ -190,31 +189,6 @@ fn time_line(now: SystemTime) -> String {
     )
 }
 
-/// Replaces `path` with `bytes`: a temporary file beside it, flushed, then
-/// renamed over it, then flushed again and the directory with it. A power
-/// cut leaves the old file or the new one.
-///
-/// The second flush is for FAT: Linux's vfat keeps a file's size and first
-/// cluster in its directory entry, and a rename writes the new entry empty
-/// and fills it in only when the file itself is written back. Flushing the
-/// directory alone would leave `status.txt` at 0 bytes on the card.
-fn replace(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let mut temp = path.as_os_str().to_owned();
-    temp.push(".tmp");
-    let temp = PathBuf::from(temp);
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&temp)?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    fs::rename(&temp, path)?;
-    file.sync_all()?;
-    File::open(dir)?.sync_all()
-}
-
 /// The box's addresses a partner could reach: every interface that is up,
 /// without loopback and link-local addresses, IPv4 first.
 fn addresses() -> Vec<IpAddr> {
@@ -222,6 +196,7 @@ fn addresses() -> Vec<IpAddr> {
         return Vec::new();
     };
     let mut found: Vec<IpAddr> = interfaces
+        .filter(|interface| interface.flags.contains(InterfaceFlags::IFF_UP))
         .filter_map(|interface| {
             let address = interface.address?;
             if let Some(v4) = address.as_sockaddr_in() {
@@ -255,13 +230,10 @@ fn health_url(ip: IpAddr, port: u16) -> String {
     }
 }
 
-fn join(items: impl Iterator<Item = String>) -> String {
-    items.collect::<Vec<_>>().join(", ")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
 
     #[test]
     fn fields_come_in_their_order_aligned() {

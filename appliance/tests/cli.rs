@@ -231,6 +231,21 @@ fn start_edge(config: &str, name: &str, nofile: Option<u32>) -> Running {
     Running(child)
 }
 
+/// `edge run --config CONFIG FLAG VALUE`, for the flags the system start
+/// passes.
+fn run_with_flag(config: &Path, flag: &str, value: &Path) -> Running {
+    let child = edge()
+        .arg("run")
+        .arg("--config")
+        .arg(config)
+        .arg(flag)
+        .arg(value)
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start edge");
+    Running(child)
+}
+
 #[test]
 fn descriptor_exhaustion_pauses_accepting_instead_of_crashing() {
     let (port, metrics_port) = (free_port(), free_port());
@@ -334,17 +349,7 @@ fn run_feeds_the_watchdog_and_disarms_it_on_a_clean_stop() {
         &format!("[mux]\nlisten = \"127.0.0.1:{port}\"\n"),
     );
     let device = temp_file("watchdog", "");
-    let mut running = Running(
-        edge()
-            .arg("run")
-            .arg("--config")
-            .arg(&config)
-            .arg("--watchdog")
-            .arg(&device)
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start edge"),
-    );
+    let mut running = run_with_flag(&config, "--watchdog", &device);
     wait_for_port(port);
     let fed = std::fs::read(&device).expect("read the stand-in");
     assert!(fed.starts_with(b"\n"), "{fed:?}");
@@ -364,17 +369,7 @@ fn run_keeps_a_status_file_for_people() {
     );
     let dir = tempfile::tempdir().expect("temporary directory");
     let path = dir.path().join("status.txt");
-    let mut running = Running(
-        edge()
-            .arg("run")
-            .arg("--config")
-            .arg(&config)
-            .arg("--status-file")
-            .arg(&path)
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start edge"),
-    );
+    let mut running = run_with_flag(&config, "--status-file", &path);
     wait_for_port(port);
     // The addresses line comes last, from a task of its own.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);

@@ -6,9 +6,8 @@
 //! that record, the boot state and the running slot it tells the shell what
 //! to do before and after the health check.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::fs;
+use std::path::Path;
 
 use image::bootstate::{BootState, Slot, UpdateOutcome};
 use serde::{Deserialize, Serialize};
@@ -77,8 +76,8 @@ impl UpdateState {
         }
     }
 
-    /// Replaces the record in `dir`: temporary file, flush, rename, flush
-    /// the directory.
+    /// Replaces the record in `dir` so that a power cut leaves the old record
+    /// or the new one.
     pub fn save(&self, dir: &Path) -> Result<(), UpdateError> {
         let mut bytes = vec![FORMAT];
         bytes.extend(
@@ -87,19 +86,8 @@ impl UpdateState {
         fs::create_dir_all(dir)
             .map_err(|e| UpdateError::io(format!("creating {}", dir.display()), e))?;
         let path = dir.join(FILE);
-        let temp: PathBuf = dir.join(format!("{FILE}.tmp"));
-        let write = || -> std::io::Result<()> {
-            let mut file = OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .open(&temp)?;
-            file.write_all(&bytes)?;
-            file.sync_all()?;
-            fs::rename(&temp, &path)?;
-            File::open(dir)?.sync_all()
-        };
-        write().map_err(|e| UpdateError::io(format!("writing {}", path.display()), e))
+        crate::durable::replace(&path, &bytes)
+            .map_err(|e| UpdateError::io(format!("writing {}", path.display()), e))
     }
 
     /// Whether `version` rolled back before.
