@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Measures the mux side by side with a bare rustls server and nginx's
-# ssl_preread passthrough, all on loopback in one run, and ends with one line
+# Measures the mux side by side with a bare rustls server, nginx's
+# ssl_preread passthrough and a plain tokio proxy, all on loopback in one run, and ends with one line
 # of name=value ratios. Extra arguments go to `edge-bench drive` (see
 # `edge-bench drive --help` for sample counts). docs/benchmarks.md explains
 # the method and the figures.
@@ -123,7 +123,7 @@ ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 
 tmp="$(mktemp -d "${TMPDIR:-/tmp}/mux-bench.XXXXXX")"
 "$bin/edge-bench" certs --dir "$tmp"
-read -r bare_port edge_port nginx_port metrics_port < <("$bin/edge-bench" ports 4)
+read -r bare_port edge_port nginx_port proxy_port metrics_port < <("$bin/edge-bench" ports 5)
 
 "$bin/edge-bench" server --listen "127.0.0.1:$bare_port" \
 	--cert "$tmp/cert.pem" --key "$tmp/key.pem" 2>"$tmp/bare.log" &
@@ -133,15 +133,20 @@ write_edge_config
 "$bin/edge" run --config "$tmp/edge.toml" 2>"$tmp/edge.log" &
 pids+=($!)
 
+"$bin/edge-bench" proxy --listen "127.0.0.1:$proxy_port" \
+	--upstream "127.0.0.1:$bare_port" 2>"$tmp/proxy.log" &
+pids+=($!)
+
 write_nginx_config
 nginx -p "$tmp" -e "$tmp/nginx-error.log" -c "$tmp/nginx.conf" &
 pids+=($!)
 
-log "bare rustls 127.0.0.1:$bare_port, edge 127.0.0.1:$edge_port, nginx 127.0.0.1:$nginx_port ($(workers) workers)"
+log "bare rustls 127.0.0.1:$bare_port, edge 127.0.0.1:$edge_port, nginx 127.0.0.1:$nginx_port, tokio proxy 127.0.0.1:$proxy_port ($(workers) workers)"
 "$bin/edge-bench" drive \
 	--direct "127.0.0.1:$bare_port" \
 	--edge "127.0.0.1:$edge_port" \
 	--nginx "127.0.0.1:$nginx_port" \
+	--tokio-proxy "127.0.0.1:$proxy_port" \
 	--edge-metrics "127.0.0.1:$metrics_port" \
 	--ca "$tmp/ca.pem" \
 	"$@"

@@ -18,8 +18,10 @@ pub(crate) const DIRECT: usize = 0;
 pub(crate) const PASSTHROUGH: usize = 1;
 /// Index of nginx's `ssl_preread` passthrough to the bare server.
 pub(crate) const NGINX: usize = 2;
+/// Index of the reference proxy (plain tokio) in front of the bare server.
+pub(crate) const TOKIO_PROXY: usize = 3;
 /// Index of edge's terminating route.
-pub(crate) const TERMINATE: usize = 3;
+pub(crate) const TERMINATE: usize = 4;
 
 /// How long the servers may take to start answering.
 const READY_PATIENCE: Duration = Duration::from_secs(15);
@@ -36,6 +38,9 @@ pub(crate) struct DriveArgs {
     /// Nginx's `ssl_preread` listener.
     #[arg(long)]
     pub(crate) nginx: SocketAddr,
+    /// The reference proxy's listener (`edge-bench proxy`).
+    #[arg(long)]
+    pub(crate) tokio_proxy: SocketAddr,
     /// Edge's metrics endpoint, read to confirm the idle connections are
     /// pending there.
     #[arg(long)]
@@ -153,6 +158,7 @@ fn targets(args: &DriveArgs) -> Vec<Target> {
         Target::new("direct", args.direct, "direct.bench", true),
         Target::new("mux passthrough", args.edge, "pass.bench", true),
         Target::new("nginx preread", args.nginx, "pass.bench", true),
+        Target::new("tokio proxy", args.tokio_proxy, "pass.bench", true),
         Target::new("mux terminate", args.edge, "term.bench", false),
     ]
 }
@@ -160,7 +166,7 @@ fn targets(args: &DriveArgs) -> Vec<Target> {
 /// The bench floods and hammers what it is pointed at; only this machine may
 /// be the target.
 fn check_loopback(args: &DriveArgs) -> anyhow::Result<()> {
-    let addrs = [args.direct, args.edge, args.nginx]
+    let addrs = [args.direct, args.edge, args.nginx, args.tokio_proxy]
         .into_iter()
         .chain(args.edge_metrics);
     for addr in addrs {
@@ -171,13 +177,74 @@ fn check_loopback(args: &DriveArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Target indices `0..n`, starting at a different one each round.
+/// Target indices `0..n` in a shuffled order that is new each round and the
+/// same in every run.
+///
+/// A connection's teardown still runs on the servers when the next one
+/// starts, so the target measured right after another pays for that one's
+/// close. A fixed cycle would make each target follow the same neighbour
+/// almost every time (a target after the bare server would always meet the
+/// bare server still closing); shuffling spreads those costs evenly.
 pub(crate) fn rotation(round: usize, n: usize) -> impl Iterator<Item = usize> {
-    (0..n).map(move |i| (round + i) % n)
+    let mut order: Vec<usize> = (0..n).collect();
+    let mut state = round as u64;
+    // Fisher-Yates with splitmix64: the order is reproducible from `round`.
+    for i in (1..n).rev() {
+        let j = (splitmix64(&mut state) % (i as u64 + 1)) as usize;
+        order.swap(i, j);
+    }
+    order.into_iter()
+}
+
+fn splitmix64(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 /// One line on stderr per phase, with the time since measuring began.
 fn progress(start: Instant, what: &str) {
     let secs = start.elapsed().as_secs_f64();
     eprintln!("edge-bench: [{secs:5.1} s] {what}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::rotation;
+
+    #[test]
+    fn every_target_follows_every_other_about_equally() {
+        let n = 5;
+        let mut follows = vec![vec![0u32; n]; n];
+        let mut previous = None;
+        for round in 0..4000 {
+            for t in rotation(round, n) {
+                if let Some(p) = previous {
+                    follows[t][p] += 1;
+                }
+                previous = Some(t);
+            }
+        }
+        let pairs: Vec<u32> = (0..n)
+            .flat_map(|t| (0..n).filter(move |p| *p != t).map(move |p| (t, p)))
+            .map(|(t, p)| follows[t][p])
+            .collect();
+        let (min, max) = (pairs.iter().min(), pairs.iter().max());
+        // Within rounds, 16000 transitions over 20 ordered pairs; across
+        // rounds, 4000 over 25 (a target may start the round it ended the
+        // last one with): about 960 each.
+        assert!(min.is_some_and(|m| *m > 850), "{follows:?}");
+        assert!(max.is_some_and(|m| *m < 1070), "{follows:?}");
+    }
+
+    #[test]
+    fn each_round_visits_every_target_once() {
+        for round in 0..100 {
+            let mut order: Vec<usize> = rotation(round, 5).collect();
+            order.sort_unstable();
+            assert_eq!(order, vec![0, 1, 2, 3, 4]);
+        }
+    }
 }

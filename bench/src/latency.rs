@@ -18,8 +18,8 @@ pub(crate) struct Group {
 }
 
 /// Runs `warmup` unrecorded rounds, then `rounds` recorded ones. A round is
-/// one connection per key exchange and target, one at a time; each round
-/// starts at the next target so none always runs right after the same one.
+/// one connection per key exchange and target, one at a time, in an order
+/// that changes every round (see [`rotation`]).
 pub(crate) async fn measure(
     clients: &[(Kx, TlsConnector)],
     targets: &[Target],

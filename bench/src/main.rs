@@ -1,15 +1,18 @@
 //! `edge-bench`: the Rust half of `bench/mux.sh`.
 //!
-//! The script runs this binary in four roles: `certs` writes the test PKI,
+//! The script runs this binary in five roles: `certs` writes the test PKI,
 //! `ports` picks free loopback ports, `server` is the bare rustls server every
-//! other target is compared with, and `drive` is the client that measures all
-//! targets interleaved and prints the report. docs/benchmarks.md explains the
+//! other target is compared with, `proxy` is the reference passthrough in
+//! plain tokio, and `drive` is the client that measures all targets
+//! interleaved and prints the report. `load` keeps one target busy,
+//! for a profiler. docs/benchmarks.md explains the
 //! method and the figures.
 
 mod certs;
 mod client;
 mod drive;
 mod latency;
+mod proxy;
 mod rate;
 mod report;
 mod server;
@@ -56,8 +59,20 @@ enum Command {
         #[arg(long)]
         key: PathBuf,
     },
+    /// Runs the reference proxy (plain tokio, no mux) until killed.
+    Proxy {
+        /// Loopback address to listen on.
+        #[arg(long)]
+        listen: SocketAddr,
+        /// The bare server to pass connections to.
+        #[arg(long)]
+        upstream: SocketAddr,
+    },
     /// Measures every target and prints the report.
     Drive(drive::DriveArgs),
+    /// Loads one target with the connection-rate clients for a while and
+    /// prints its rate: a steady load to profile one path under.
+    Load(rate::LoadArgs),
 }
 
 // The same runtime flavour and worker count as `edge run`, so the bare
@@ -68,7 +83,9 @@ async fn main() -> ExitCode {
         Command::Certs { dir } => certs::write(&dir),
         Command::Ports { count } => free_ports(count),
         Command::Server { listen, cert, key } => server::run(listen, &cert, &key).await,
+        Command::Proxy { listen, upstream } => proxy::run(listen, upstream).await,
         Command::Drive(args) => drive::run(args).await,
+        Command::Load(args) => rate::load(args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,12 +1,17 @@
 //! New connections per second: concurrent clients that connect, handshake
 //! and close in a loop, in short slices that alternate between targets.
 
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use anyhow::bail;
+use rustls::pki_types::ServerName;
 use tokio::task::JoinSet;
 use tokio_rustls::TlsConnector;
 
-use crate::client::{cycle, Target};
+use crate::client::{connector, cycle, Kx, Target};
 use crate::drive::rotation;
 
 /// Completed connections to one target over all its slices.
@@ -87,4 +92,50 @@ async fn client_loop(connector: &TlsConnector, target: &Target, deadline: Instan
         }
     }
     rate
+}
+
+/// One target under the connection-rate load.
+#[derive(Debug, clap::Args)]
+pub(crate) struct LoadArgs {
+    /// Loopback address to connect to.
+    #[arg(long)]
+    target: SocketAddr,
+    /// SNI to send: `pass.bench` takes edge's passthrough route,
+    /// `term.bench` its terminating one.
+    #[arg(long, default_value = "pass.bench")]
+    sni: String,
+    /// PEM file of the CA the client trusts.
+    #[arg(long)]
+    ca: PathBuf,
+    /// Concurrent clients.
+    #[arg(long, default_value_t = 16)]
+    clients: usize,
+    /// How long to keep the load up, in seconds.
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+}
+
+/// Runs the rate test's clients against one target and prints the rate.
+pub(crate) async fn load(args: LoadArgs) -> anyhow::Result<()> {
+    if !args.target.ip().is_loopback() {
+        bail!("{} is not a loopback address", args.target);
+    }
+    let target = Target {
+        label: "load",
+        addr: args.target,
+        sni: ServerName::try_from(args.sni)?,
+        echoes: false,
+    };
+    let connector = connector(&args.ca, Kx::Default)?;
+    let slice = Duration::from_secs(args.seconds);
+    let rate = run_slice(&connector, &target, args.clients, slice).await;
+    writeln!(
+        std::io::stdout().lock(),
+        "{} conn/s ({} connections, {} errors, {:.1} s)",
+        rate.per_sec().round(),
+        rate.conns,
+        rate.errors,
+        rate.elapsed.as_secs_f64()
+    )?;
+    Ok(())
 }

@@ -5,7 +5,7 @@ use std::fmt::{self, Write as _};
 use std::io::{self, Write as _};
 
 use crate::client::{Kx, Target};
-use crate::drive::{DriveArgs, DIRECT, NGINX, PASSTHROUGH, TERMINATE};
+use crate::drive::{DriveArgs, DIRECT, NGINX, PASSTHROUGH, TERMINATE, TOKIO_PROXY};
 use crate::latency::Group;
 use crate::rate::Rate;
 use crate::slowloris::Outcome;
@@ -141,6 +141,7 @@ struct Figures {
     /// `[X25519, X25519MLKEM768]` p50 added over direct, ms.
     pass_added_p50: [f64; 2],
     nginx_added_p50: [f64; 2],
+    tokio_added_p50: [f64; 2],
     pass_added_p99: f64,
     nginx_added_p99: f64,
     /// `[X25519, X25519MLKEM768]` p50 over direct's p50.
@@ -148,6 +149,7 @@ struct Figures {
     term_ratio_p99: f64,
     rate_pass: f64,
     rate_nginx: f64,
+    rate_tokio: f64,
     rate_term: f64,
     flooded_p99: f64,
     quiet_p99: f64,
@@ -163,12 +165,14 @@ impl Figures {
         Self {
             pass_added_p50: [added_p50(0, PASSTHROUGH), added_p50(1, PASSTHROUGH)],
             nginx_added_p50: [added_p50(0, NGINX), added_p50(1, NGINX)],
+            tokio_added_p50: [added_p50(0, TOKIO_PROXY), added_p50(1, TOKIO_PROXY)],
             pass_added_p99: g(0, PASSTHROUGH).p99_ms() - g(0, DIRECT).p99_ms(),
             nginx_added_p99: g(0, NGINX).p99_ms() - g(0, DIRECT).p99_ms(),
             term_ratio_p50: [ratio_p50(0), ratio_p50(1)],
             term_ratio_p99: g(0, TERMINATE).p99_ms() / g(0, DIRECT).p99_ms(),
             rate_pass: rate(PASSTHROUGH),
             rate_nginx: rate(NGINX),
+            rate_tokio: rate(TOKIO_PROXY),
             rate_term: rate(TERMINATE),
             flooded_p99: r.slowloris.flooded.p99_ms(),
             quiet_p99: r.slowloris.quiet.p99_ms(),
@@ -244,6 +248,18 @@ fn goals(out: &mut String, r: &Report<'_>) -> fmt::Result {
             ", but edge closed some idle connections"
         },
         verdict(flood_ok)
+    )?;
+    writeln!(
+        out,
+        "\nreference: plain tokio proxy, the runtime's floor for a passthrough (not a goal)\n  \
+         added p50: X25519 {:+.3} ms (mux passthrough {:+.3}), X25519MLKEM768 {:+.3} ms \
+         (mux passthrough {:+.3}); connection rate {:.3} (mux passthrough {:.3})",
+        f.tokio_added_p50[0],
+        f.pass_added_p50[0],
+        f.tokio_added_p50[1],
+        f.pass_added_p50[1],
+        f.rate_tokio,
+        f.rate_pass
     )
 }
 
@@ -268,8 +284,11 @@ fn ratio_line(out: &mut String, r: &Report<'_>) -> fmt::Result {
         ("pq_passthrough_added_p50_ms", f.pass_added_p50[1]),
         ("pq_nginx_added_p50_ms", f.nginx_added_p50[1]),
         ("pq_terminate_vs_direct_p50", f.term_ratio_p50[1]),
+        ("tokio_proxy_added_p50_ms", f.tokio_added_p50[0]),
+        ("pq_tokio_proxy_added_p50_ms", f.tokio_added_p50[1]),
         ("conn_rate_passthrough_vs_direct", f.rate_pass),
         ("conn_rate_nginx_vs_direct", f.rate_nginx),
+        ("conn_rate_tokio_proxy_vs_direct", f.rate_tokio),
         ("conn_rate_terminate_vs_direct", f.rate_term),
         ("slowloris_p99_ms", f.flooded_p99),
         ("slowloris_p99_vs_quiet", f.flooded_p99 / f.quiet_p99),

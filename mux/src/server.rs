@@ -99,7 +99,6 @@ impl Mux {
     }
 
     async fn handle(self: Arc<Self>, mut tcp: TcpStream, peer: SocketAddr) {
-        let Ok(local) = tcp.local_addr() else { return };
         // Both legs carry interactive traffic (handshakes, STUN, media over
         // TCP): Nagle's delay would add a round trip to each.
         let _ = tcp.set_nodelay(true);
@@ -144,7 +143,6 @@ impl Mux {
         let tcp = Tracked::new(tcp, Arc::clone(&activity));
         let conn = Conn {
             peer,
-            local,
             buffered,
             route,
         };
@@ -197,7 +195,11 @@ impl Mux {
     ) {
         let mut head = Vec::with_capacity(conn.buffered.len() + 64);
         if proxy_protocol {
-            head.extend_from_slice(&proxy::v2_header(conn.peer, conn.local));
+            // Asked for only here: a plain passthrough saves the system call.
+            let Ok(local) = client.get_ref().local_addr() else {
+                return;
+            };
+            head.extend_from_slice(&proxy::v2_header(conn.peer, local));
         }
         head.extend_from_slice(&conn.buffered);
 
@@ -233,6 +235,9 @@ impl Mux {
         tcp: Tracked<TcpStream>,
         service: Option<ServiceName>,
     ) {
+        let Ok(local) = tcp.get_ref().local_addr() else {
+            return;
+        };
         let stream = Prefixed::new(conn.buffered, tcp);
         let handshake = timeout(self.config.handshake_timeout, self.acceptor.accept(stream)).await;
         let mut tls = match handshake {
@@ -278,7 +283,7 @@ impl Mux {
         });
         let info = ConnInfo {
             peer: conn.peer,
-            local: conn.local,
+            local,
             server_name,
             alpn,
             route: Arc::clone(&conn.route.name),
@@ -307,7 +312,6 @@ impl Mux {
 /// A routed connection, before its action runs.
 struct Conn<'a> {
     peer: SocketAddr,
-    local: SocketAddr,
     buffered: Vec<u8>,
     route: &'a Route,
 }
@@ -379,8 +383,9 @@ async fn connect_with(upstream: &str, head: &[u8]) -> io::Result<(TcpStream, usi
         return Ok((tcp, 0));
     };
     use socket2::{Domain, Protocol, Socket, Type};
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-    socket.set_nonblocking(true)?;
+    // Non-blocking from the start: no fcntl calls afterwards.
+    let stream = Type::STREAM.nonblocking();
+    let socket = Socket::new(Domain::for_address(addr), stream, Some(Protocol::TCP))?;
     let _ = socket.set_tcp_nodelay(true);
     match socket.connect(&addr.into()) {
         Ok(()) => {}
