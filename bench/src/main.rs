@@ -4,9 +4,8 @@
 //! `ports` picks free loopback ports, `server` is the bare rustls server every
 //! other target is compared with, `proxy` is the reference passthrough in
 //! plain tokio, and `drive` is the client that measures all targets
-//! interleaved and prints the report. `load` keeps one target busy,
-//! for a profiler. docs/benchmarks.md explains the
-//! method and the figures.
+//! interleaved and prints the report. `load` keeps one target busy for a
+//! profiler. docs/benchmarks.md explains the method and the figures.
 
 mod certs;
 mod client;
