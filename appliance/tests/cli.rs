@@ -124,6 +124,11 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// A configuration that only sets the mux's listener.
+fn listen_only(port: u16) -> String {
+    format!("[mux]\nlisten = \"127.0.0.1:{port}\"\n")
+}
+
 fn wait_for_port(port: u16) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
@@ -306,7 +311,7 @@ fn descriptor_exhaustion_pauses_accepting_instead_of_crashing() {
 #[test]
 fn no_udp_is_served_on_the_mux_port() {
     let port = free_port();
-    let config = format!("[mux]\nlisten = \"127.0.0.1:{port}\"\n");
+    let config = listen_only(port);
     let _running = start_edge(&config, "udp.toml", None);
     wait_for_port(port);
     let udp = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
@@ -344,10 +349,7 @@ fn run_with_an_unusable_configuration_exits_with_ex_config() {
 #[test]
 fn run_feeds_the_watchdog_and_disarms_it_on_a_clean_stop() {
     let port = free_port();
-    let config = temp_file(
-        "watchdog.toml",
-        &format!("[mux]\nlisten = \"127.0.0.1:{port}\"\n"),
-    );
+    let config = temp_file("watchdog.toml", &listen_only(port));
     let device = temp_file("watchdog", "");
     let mut running = run_with_flag(&config, "--watchdog", &device);
     wait_for_port(port);
@@ -363,10 +365,7 @@ fn run_feeds_the_watchdog_and_disarms_it_on_a_clean_stop() {
 #[test]
 fn run_keeps_a_status_file_for_people() {
     let port = free_port();
-    let config = temp_file(
-        "status.toml",
-        &format!("[mux]\nlisten = \"127.0.0.1:{port}\"\n"),
-    );
+    let config = temp_file("status.toml", &listen_only(port));
     let dir = tempfile::tempdir().expect("temporary directory");
     let path = dir.path().join("status.txt");
     let mut running = run_with_flag(&config, "--status-file", &path);

@@ -235,9 +235,6 @@ impl Mux {
         tcp: Tracked<TcpStream>,
         service: Option<ServiceName>,
     ) {
-        let Ok(local) = tcp.get_ref().local_addr() else {
-            return;
-        };
         let stream = Prefixed::new(conn.buffered, tcp);
         let handshake = timeout(self.config.handshake_timeout, self.acceptor.accept(stream)).await;
         let mut tls = match handshake {
@@ -281,6 +278,11 @@ impl Mux {
             ServiceName::Https => "https",
             ServiceName::Turn => "turn",
         });
+        // Asked for only now, off the handshake's path, and only for
+        // connections a service takes.
+        let Ok(local) = tls.get_ref().0.get_ref().get_ref().local_addr() else {
+            return;
+        };
         let info = ConnInfo {
             peer: conn.peer,
             local,

@@ -31,6 +31,11 @@ impl<S> Prefixed<S> {
             inner,
         }
     }
+
+    /// The wrapped stream.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {

@@ -3,11 +3,16 @@
 
 mod common;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
 use mux::config::{ActionKind, MuxConfig, RouteConfig, ServiceName};
+use mux::service::{BoxFuture, BoxStream, ConnInfo, Service, Services};
+use rustls::pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
 
 fn turn_route() -> RouteConfig {
     RouteConfig {
@@ -152,4 +157,38 @@ async fn acme_probe_without_challenge_fails_like_any_bad_hello() {
         })
         .await
     );
+}
+
+/// Answers `<peer> <local>\n`: the addresses the mux hands a service.
+struct AddressTeller;
+
+impl Service for AddressTeller {
+    fn serve(&self, mut stream: BoxStream, info: ConnInfo) -> BoxFuture {
+        Box::pin(async move {
+            let line = format!("{} {}\n", info.peer, info.local);
+            let _ = stream.write_all(line.as_bytes()).await;
+            let _ = stream.shutdown().await;
+        })
+    }
+}
+
+#[tokio::test]
+async fn a_service_learns_both_ends_of_the_connection() {
+    let pki = Pki::new();
+    let mut services = Services::new();
+    services.register(ServiceName::Https, Arc::new(AddressTeller));
+    let store = store(&pki, Vec::new());
+    let mux = start_mux_with(MuxConfig::default(), store, services).await;
+
+    let tcp = TcpStream::connect(mux.addr).await.expect("connect");
+    let client_addr = tcp.local_addr().expect("addr");
+    let server_name = ServerName::try_from("any.example.org").expect("name");
+    let connector = TlsConnector::from(any_cert_client(&["http/1.1"]));
+    let mut tls = connector
+        .connect(server_name, tcp)
+        .await
+        .expect("handshake");
+    let mut answer = String::new();
+    tls.read_to_string(&mut answer).await.expect("read");
+    assert_eq!(answer, format!("{client_addr} {}\n", mux.addr));
 }

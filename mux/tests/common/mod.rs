@@ -81,12 +81,21 @@ impl Drop for Running {
 
 /// Starts a mux on 127.0.0.1 with `config` (its `listen` is replaced),
 /// `store`, and the tagging services.
-pub async fn start_mux(mut config: MuxConfig, store: Arc<CertStore>) -> Running {
+pub async fn start_mux(config: MuxConfig, store: Arc<CertStore>) -> Running {
+    start_mux_with(config, store, tagging_services()).await
+}
+
+/// [`start_mux`] with other services.
+pub async fn start_mux_with(
+    mut config: MuxConfig,
+    store: Arc<CertStore>,
+    services: Services,
+) -> Running {
     config.listen = vec!["127.0.0.1:0".parse().expect("addr")];
     config.validate().expect("valid test configuration");
     let metrics = Arc::new(Metrics::new());
     let tls = mux::tls::server_config(Arc::clone(&store)).expect("tls config");
-    let mux = Mux::new(config, tls, tagging_services(), Arc::clone(&metrics));
+    let mux = Mux::new(config, tls, services, Arc::clone(&metrics));
     let listener = mux.bind().expect("bind").pop().expect("one listener");
     let addr = listener.local_addr().expect("addr");
     let task = tokio::spawn(mux.serve(listener));
