@@ -4,7 +4,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use anyhow::Context as _;
 use axum::http::header::CONTENT_TYPE;
@@ -56,6 +56,7 @@ pub fn main(config: Config, options: &Options) -> anyhow::Result<()> {
         .build()
         .context("cannot start the runtime")?;
     runtime.block_on(async {
+        tokio::spawn(hold_timer_horizon());
         // Armed first: from here on, a hang anywhere resets the box.
         let watchdog = match options.watchdog.as_deref().map(Watchdog::open).transpose() {
             Ok(watchdog) => watchdog,
@@ -76,6 +77,25 @@ pub fn main(config: Config, options: &Options) -> anyhow::Result<()> {
         }
         result
     })
+}
+
+/// The longest the runtime's timer goes without a deadline of its own.
+///
+/// Tokio's timer wakes its driver (a write to an eventfd, and an extra
+/// return from `epoll_wait`) whenever a new deadline comes before the
+/// earliest one it already holds. With nothing else pending, that is every
+/// connection's first deadline: the mux's peek, the TLS handshake, the
+/// upstream connect. A deadline that is never more than this far away keeps
+/// theirs (seconds away with the default timeouts) from ever being the
+/// earliest, for the price of one wakeup per period.
+const TIMER_HORIZON: Duration = Duration::from_secs(1);
+
+async fn hold_timer_horizon() {
+    let mut tick = tokio::time::interval(TIMER_HORIZON);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+    }
 }
 
 fn init_logging(filter: &str) {

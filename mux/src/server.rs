@@ -85,7 +85,10 @@ impl Mux {
                     self.metrics.accepted.inc();
                     let mux = Arc::clone(&self);
                     let span = info_span!("conn", %peer);
-                    tokio::spawn(mux.handle(tcp, peer).instrument(span));
+                    // Boxed here, the connection's state machine (some
+                    // kilobytes) is written once; spawned by value, it
+                    // would be copied at each layer of the spawn.
+                    tokio::spawn(Box::pin(mux.handle(tcp, peer)).instrument(span));
                 }
                 Err(e) if is_exhaustion(&e) => {
                     self.metrics.accept_errors.inc();
