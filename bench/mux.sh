@@ -123,10 +123,13 @@ ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 
 tmp="$(mktemp -d "${TMPDIR:-/tmp}/mux-bench.XXXXXX")"
 "$bin/edge-bench" certs --dir "$tmp"
-read -r bare_port edge_port nginx_port proxy_port metrics_port < <("$bin/edge-bench" ports 5)
+read -r bare_port edge_port nginx_port proxy_port metrics_port twin_port < <("$bin/edge-bench" ports 6)
 
 "$bin/edge-bench" server --listen "127.0.0.1:$bare_port" \
 	--cert "$tmp/cert.pem" --key "$tmp/key.pem" 2>"$tmp/bare.log" &
+pids+=($!)
+"$bin/edge-bench" server --listen "127.0.0.1:$twin_port" \
+	--cert "$tmp/cert.pem" --key "$tmp/key.pem" 2>"$tmp/twin.log" &
 pids+=($!)
 
 write_edge_config
@@ -141,12 +144,13 @@ write_nginx_config
 nginx -p "$tmp" -e "$tmp/nginx-error.log" -c "$tmp/nginx.conf" &
 pids+=($!)
 
-log "bare rustls 127.0.0.1:$bare_port, edge 127.0.0.1:$edge_port, nginx 127.0.0.1:$nginx_port, tokio proxy 127.0.0.1:$proxy_port ($(workers) workers)"
+log "bare rustls 127.0.0.1:$bare_port (twin $twin_port), edge 127.0.0.1:$edge_port, nginx 127.0.0.1:$nginx_port, tokio proxy 127.0.0.1:$proxy_port ($(workers) workers)"
 "$bin/edge-bench" drive \
 	--direct "127.0.0.1:$bare_port" \
 	--edge "127.0.0.1:$edge_port" \
 	--nginx "127.0.0.1:$nginx_port" \
 	--tokio-proxy "127.0.0.1:$proxy_port" \
+	--twin "127.0.0.1:$twin_port" \
 	--edge-metrics "127.0.0.1:$metrics_port" \
 	--ca "$tmp/ca.pem" \
 	"$@"

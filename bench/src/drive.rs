@@ -22,6 +22,10 @@ pub(crate) const NGINX: usize = 2;
 pub(crate) const TOKIO_PROXY: usize = 3;
 /// Index of edge's terminating route.
 pub(crate) const TERMINATE: usize = 4;
+/// Index of the bare server's twin: the same server in a second process
+/// that takes no passthrough traffic, so terminate can also be compared
+/// with a server that handles as few of the handshakes as edge does.
+pub(crate) const TWIN: usize = 5;
 
 /// How long the servers may take to start answering.
 const READY_PATIENCE: Duration = Duration::from_secs(15);
@@ -41,6 +45,9 @@ pub(crate) struct DriveArgs {
     /// The reference proxy's listener (`edge-bench proxy`).
     #[arg(long)]
     pub(crate) tokio_proxy: SocketAddr,
+    /// A second bare rustls server, reached only directly.
+    #[arg(long)]
+    pub(crate) twin: SocketAddr,
     /// Edge's metrics endpoint, read to confirm the idle connections are
     /// pending there.
     #[arg(long)]
@@ -160,15 +167,22 @@ fn targets(args: &DriveArgs) -> Vec<Target> {
         Target::new("nginx preread", args.nginx, "pass.bench", true),
         Target::new("tokio proxy", args.tokio_proxy, "pass.bench", true),
         Target::new("mux terminate", args.edge, "term.bench", false),
+        Target::new("bare twin", args.twin, "direct.bench", true),
     ]
 }
 
 /// The bench floods and hammers what it is pointed at; only this machine may
 /// be the target.
 fn check_loopback(args: &DriveArgs) -> anyhow::Result<()> {
-    let addrs = [args.direct, args.edge, args.nginx, args.tokio_proxy]
-        .into_iter()
-        .chain(args.edge_metrics);
+    let addrs = [
+        args.direct,
+        args.edge,
+        args.nginx,
+        args.tokio_proxy,
+        args.twin,
+    ]
+    .into_iter()
+    .chain(args.edge_metrics);
     for addr in addrs {
         if !addr.ip().is_loopback() {
             bail!("{addr} is not a loopback address");
