@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Measures the mux side by side with a bare rustls server, nginx's
-# ssl_preread passthrough and a plain tokio proxy, all on loopback in one
-# run, and ends with one line of name=value ratios. Extra arguments go to
+# Measures the mux side by side with a bare rustls server (and its twin),
+# nginx's ssl_preread passthrough and a plain tokio proxy, all on loopback
+# in one run, and ends with one line of name=value ratios. Extra arguments go to
 # `edge-bench drive` (see `edge-bench drive --help` for sample counts).
 # docs/benchmarks.md explains the method and the figures.
 set -euo pipefail
