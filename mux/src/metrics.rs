@@ -59,6 +59,18 @@ pub struct Metrics {
     pub cert_reloads: Family<Reason, Counter>,
 }
 
+/// One route's series, created with the route so that each is exported
+/// (at zero) from the start and a connection updates it without a lookup.
+#[derive(Debug, Clone)]
+pub struct RouteMetrics {
+    /// This route's `route_hits`.
+    pub hits: Counter,
+    /// This route's `active_connections`.
+    pub active: Gauge,
+    /// This route's `upstream_failures`.
+    pub upstream_failures: Counter,
+}
+
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
@@ -84,6 +96,18 @@ impl Metrics {
             ]),
             hello_records: Histogram::new([1.0, 2.0, 4.0, 8.0, 32.0, 128.0]),
             cert_reloads: Family::default(),
+        }
+    }
+
+    /// The series of the route called `name`.
+    pub fn route(&self, name: &str) -> RouteMetrics {
+        let label = RouteLabel {
+            route: name.to_owned(),
+        };
+        RouteMetrics {
+            hits: self.route_hits.get_or_create(&label).clone(),
+            active: self.active.get_or_create(&label).clone(),
+            upstream_failures: self.upstream_failures.get_or_create(&label).clone(),
         }
     }
 

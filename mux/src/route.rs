@@ -18,6 +18,8 @@ pub struct RouteTable {
 pub struct Route {
     /// Label for logs and metrics.
     pub name: Arc<str>,
+    /// Place in [`RouteTable::iter`], for state kept per route elsewhere.
+    pub index: usize,
     names: Vec<NamePattern>,
     alpn: Vec<Vec<u8>>,
     /// What happens to a matching connection.
@@ -60,6 +62,7 @@ impl RouteTable {
             .collect();
         let default = Route {
             name: Arc::from(DEFAULT_ROUTE),
+            index: config.routes.len(),
             names: Vec::new(),
             alpn: Vec::new(),
             action: Action::Terminate(None),
@@ -80,6 +83,11 @@ impl RouteTable {
     pub fn default_route(&self) -> &Route {
         &self.default
     }
+
+    /// Every route, the default last, each at its [`Route::index`].
+    pub fn iter(&self) -> impl Iterator<Item = &Route> {
+        self.routes.iter().chain(std::iter::once(&self.default))
+    }
 }
 
 impl Route {
@@ -97,6 +105,7 @@ impl Route {
         };
         Self {
             name: Arc::from(name),
+            index,
             names: config.sni.iter().map(|n| NamePattern::new(n)).collect(),
             alpn: config
                 .alpn

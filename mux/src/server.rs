@@ -15,7 +15,7 @@ use tracing::{debug, info_span, warn, Instrument};
 
 use crate::certs::ACME_TLS_ALPN;
 use crate::config::{MuxConfig, ServiceName};
-use crate::metrics::{Metrics, Reason, RouteLabel, ServiceLabel};
+use crate::metrics::{Metrics, Reason, RouteMetrics, ServiceLabel};
 use crate::peek::{ClientHello, HelloPeek, PeekError, MAX_PEEK_LEN};
 use crate::proxy;
 use crate::route::{Action, Route, RouteTable};
@@ -35,6 +35,8 @@ pub struct Mux {
     acceptor: TlsAcceptor,
     services: Services,
     metrics: Arc<Metrics>,
+    /// Each route's series, at its [`Route::index`].
+    route_metrics: Vec<RouteMetrics>,
     limits: Limits,
 }
 
@@ -57,11 +59,14 @@ impl Mux {
         metrics: Arc<Metrics>,
     ) -> Arc<Self> {
         let limits = Limits::new(config.max_pending, config.max_pending_per_source);
+        let table = RouteTable::new(&config);
+        let route_metrics = table.iter().map(|r| metrics.route(&r.name)).collect();
         Arc::new(Self {
-            table: RouteTable::new(&config),
+            table,
             acceptor: TlsAcceptor::from(tls),
             services,
             metrics,
+            route_metrics,
             limits,
             config,
         })
@@ -132,11 +137,9 @@ impl Mux {
             }
             None => self.table.default_route(),
         };
-        let label = RouteLabel {
-            route: route.name.to_string(),
-        };
-        self.metrics.route_hits.get_or_create(&label).inc();
-        let _active = GaugeGuard::new(&self.metrics, label);
+        let route_metrics = &self.route_metrics[route.index];
+        route_metrics.hits.inc();
+        let _active = GaugeGuard::new(&route_metrics.active);
         let buffered = peek.buffered().to_vec();
         drop(peek);
         let sni = hello.as_ref().and_then(|h| h.server_name.as_deref());
@@ -226,10 +229,7 @@ impl Mux {
 
     fn upstream_failed(&self, conn: &Conn<'_>, why: &str) {
         warn!(route = %conn.route.name, why, "upstream unreachable");
-        let label = RouteLabel {
-            route: conn.route.name.to_string(),
-        };
-        self.metrics.upstream_failures.get_or_create(&label).inc();
+        self.route_metrics[conn.route.index].upstream_failures.inc();
     }
 
     async fn terminate(
@@ -554,19 +554,18 @@ fn source_key(ip: IpAddr) -> IpAddr {
 }
 
 /// Keeps a route's active-connection gauge up while the connection lives.
-struct GaugeGuard {
-    gauge: prometheus_client::metrics::gauge::Gauge,
+struct GaugeGuard<'a> {
+    gauge: &'a prometheus_client::metrics::gauge::Gauge,
 }
 
-impl GaugeGuard {
-    fn new(metrics: &Metrics, label: RouteLabel) -> Self {
-        let gauge = metrics.active.get_or_create(&label).clone();
+impl<'a> GaugeGuard<'a> {
+    fn new(gauge: &'a prometheus_client::metrics::gauge::Gauge) -> Self {
         gauge.inc();
         Self { gauge }
     }
 }
 
-impl Drop for GaugeGuard {
+impl Drop for GaugeGuard<'_> {
     fn drop(&mut self) {
         self.gauge.dec();
     }

@@ -146,6 +146,22 @@ async fn a_route_can_name_its_service() {
 }
 
 #[tokio::test]
+async fn every_route_is_exported_at_zero_before_its_first_connection() {
+    let (_pki, _exact, _wild, mux) = setup().await;
+    let text = metrics_text(&mux.metrics);
+    for route in ["turns", "default"] {
+        for series in [
+            "mux_route_hits_total",
+            "mux_active_connections",
+            "mux_upstream_failures_total",
+        ] {
+            let line = format!("{series}{{route=\"{route}\"}} 0");
+            assert!(text.lines().any(|l| l == line), "no {line:?} in:\n{text}");
+        }
+    }
+}
+
+#[tokio::test]
 async fn acme_probe_without_challenge_fails_like_any_bad_hello() {
     let (_pki, _exact, _wild, mux) = setup().await;
     let client = any_cert_client(&["acme-tls/1"]);
