@@ -418,15 +418,13 @@ fn parse_body(mut body: Cursor<'_>, hello: &mut ClientHello) -> Result<(), PeekE
 
 /// Reads every extension, keeping what routing needs.
 fn parse_extensions(mut list: Cursor<'_>, hello: &mut ClientHello) -> Result<(), PeekError> {
-    let mut seen = ExtensionSet::default();
+    let mut kinds = heapless::Vec::<u16, MAX_EXTENSIONS>::new();
     while !list.is_empty() {
         let kind = list.u16()?;
         let data = list.take_u16_prefixed()?;
-
-        // RFC 8446 §4.2: no two extensions of the same type.
-        if !seen.insert(kind) {
-            return Err(PeekError::Malformed("duplicate extension"));
-        }
+        kinds
+            .push(kind)
+            .map_err(|_| PeekError::Malformed("more extensions than fit in a hello"))?;
         match kind {
             EXT_SERVER_NAME => hello.server_name = parse_server_name(data)?,
             EXT_ALPN => parse_alpn(data, &mut hello.alpn)?,
@@ -436,33 +434,19 @@ fn parse_extensions(mut list: Cursor<'_>, hello: &mut ClientHello) -> Result<(),
             _ => {}
         }
     }
+    // RFC 8446 §4.2: no two extensions of the same type. Sorting finds
+    // repeats in n log n however many extensions a hostile hello carries,
+    // and the list is never zeroed, so a usual hello touches a few dozen
+    // bytes of it.
+    kinds.sort_unstable();
+    if kinds.windows(2).any(|pair| pair[0] == pair[1]) {
+        return Err(PeekError::Malformed("duplicate extension"));
+    }
     Ok(())
 }
 
-/// Extension types met so far: one bit for each of the 2^16 types, so that
-/// duplicates are found in constant time however many extensions a hostile
-/// hello carries, without allocating.
-struct ExtensionSet([u64; 1024]);
-
-impl Default for ExtensionSet {
-    fn default() -> Self {
-        Self([0; 1024])
-    }
-}
-
-impl ExtensionSet {
-    /// Adds `kind`; returns false if it was already there.
-    fn insert(&mut self, kind: u16) -> bool {
-        let bit = 1u64 << (kind % 64);
-        let word = self
-            .0
-            .get_mut(usize::from(kind / 64))
-            .expect("u16 / 64 is below 1024, the number of words");
-        let fresh = *word & bit == 0;
-        *word |= bit;
-        fresh
-    }
-}
+/// The most extensions a hello can carry: each takes at least four bytes.
+const MAX_EXTENSIONS: usize = MAX_HELLO_LEN / 4;
 
 /// Reads `server_name` (RFC 6066 §3): the host name, or `None` if the client
 /// sent none or one that is not a DNS host name.
@@ -925,6 +909,23 @@ mod tests {
             .ext(0x1a1a, Vec::new())
             .record();
         assert!(peek(&record).is_err());
+    }
+
+    #[test]
+    fn a_hello_full_of_extensions_is_checked_for_repeats_to_the_last() {
+        let many = |last: u16| {
+            (0x2000..0x2000 + 3999)
+                .chain([last])
+                .fold(HelloBuilder::default(), |b, kind| b.ext(kind, Vec::new()))
+                .record()
+        };
+        let distinct = many(0x2000 + 3999);
+        assert!(distinct.len() > MAX_HELLO_LEN - 1024, "{}", distinct.len());
+        assert!(hello(&distinct).server_name.is_none());
+        assert_eq!(
+            peek(&many(0x2000)),
+            Err(PeekError::Malformed("duplicate extension"))
+        );
     }
 
     #[test]
