@@ -10,6 +10,7 @@ use tokio_rustls::TlsConnector;
 
 use crate::client::{connector, wait_ready, Kx, Target};
 use crate::slowloris::Flood;
+use crate::stats::splitmix64;
 use crate::{latency, rate, report, slowloris};
 
 /// Index of the bare rustls server among the targets.
@@ -119,7 +120,8 @@ pub(crate) async fn run(args: DriveArgs) -> anyhow::Result<()> {
         slice,
         args.rate_slices,
     )
-    .await;
+    .await
+    .context("cannot read the machine's CPU time")?;
 
     progress(start, "slowloris");
     let slowloris = measure_slowloris(&args, classic, &targets[TERMINATE]).await?;
@@ -208,14 +210,6 @@ pub(crate) fn rotation(round: usize, n: usize) -> impl Iterator<Item = usize> {
         order.swap(i, j);
     }
     order.into_iter()
-}
-
-fn splitmix64(state: &mut u64) -> u64 {
-    *state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    let mut z = *state;
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
 }
 
 /// One line on stderr per phase, with the time since measuring began.

@@ -9,6 +9,7 @@
 
 mod certs;
 mod client;
+mod cpu;
 mod drive;
 mod latency;
 mod proxy;

@@ -1,7 +1,7 @@
 //! New connections per second: concurrent clients that connect, handshake
 //! and close in a loop, in short slices that alternate between targets.
 
-use std::io::Write as _;
+use std::io::{self, Write as _};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -12,6 +12,7 @@ use tokio::task::JoinSet;
 use tokio_rustls::TlsConnector;
 
 use crate::client::{connector, cycle, Kx, Target};
+use crate::cpu::CpuTime;
 use crate::drive::rotation;
 
 /// Completed connections to one target over all its slices.
@@ -23,6 +24,8 @@ pub(crate) struct Rate {
     pub(crate) errors: u64,
     /// Time from the start of each slice until its last connection ended.
     pub(crate) elapsed: Duration,
+    /// The whole machine's CPU time over the same slices.
+    pub(crate) cpu: CpuTime,
 }
 
 impl Rate {
@@ -31,10 +34,32 @@ impl Rate {
         self.conns as f64 / self.elapsed.as_secs_f64()
     }
 
+    /// The whole machine's busy CPU time per completed connection, in
+    /// microseconds.
+    pub(crate) fn cpu_us_per_conn(&self) -> f64 {
+        self.per_conn_us(self.cpu.busy())
+    }
+
+    /// The kernel's part of [`Self::cpu_us_per_conn`].
+    pub(crate) fn kernel_us_per_conn(&self) -> f64 {
+        self.per_conn_us(self.cpu.kernel)
+    }
+
+    /// Share of the machine's CPU time that some task used.
+    pub(crate) fn busy_share(&self) -> f64 {
+        let busy = self.cpu.busy().as_secs_f64();
+        busy / (busy + self.cpu.idle.as_secs_f64())
+    }
+
+    fn per_conn_us(&self, time: Duration) -> f64 {
+        time.as_secs_f64() * 1e6 / self.conns as f64
+    }
+
     fn add(&mut self, other: Rate) {
         self.conns += other.conns;
         self.errors += other.errors;
         self.elapsed += other.elapsed;
+        self.cpu += other.cpu;
     }
 }
 
@@ -46,15 +71,15 @@ pub(crate) async fn measure(
     clients: usize,
     slice: Duration,
     slices: usize,
-) -> Vec<Rate> {
+) -> io::Result<Vec<Rate>> {
     let mut rates = vec![Rate::default(); targets.len()];
     for round in 0..slices {
         for t in rotation(round, targets.len()) {
-            let measured = run_slice(connector, &targets[t], clients, slice).await;
+            let measured = run_slice(connector, &targets[t], clients, slice).await?;
             rates[t].add(measured);
         }
     }
-    rates
+    Ok(rates)
 }
 
 /// Clients start no new connection after the slice ends; the ones under way
@@ -64,7 +89,8 @@ async fn run_slice(
     target: &Target,
     clients: usize,
     slice: Duration,
-) -> Rate {
+) -> io::Result<Rate> {
+    let cpu_before = CpuTime::now()?;
     let start = Instant::now();
     let deadline = start + slice;
     let mut tasks = JoinSet::new();
@@ -80,7 +106,8 @@ async fn run_slice(
         }
     }
     total.elapsed = start.elapsed();
-    total
+    total.cpu = CpuTime::now()? - cpu_before;
+    Ok(total)
 }
 
 async fn client_loop(connector: &TlsConnector, target: &Target, deadline: Instant) -> Rate {
@@ -128,14 +155,18 @@ pub(crate) async fn load(args: LoadArgs) -> anyhow::Result<()> {
     };
     let connector = connector(&args.ca, Kx::Default)?;
     let slice = Duration::from_secs(args.seconds);
-    let rate = run_slice(&connector, &target, args.clients, slice).await;
+    let rate = run_slice(&connector, &target, args.clients, slice).await?;
     writeln!(
         std::io::stdout().lock(),
-        "{} conn/s ({} connections, {} errors, {:.1} s)",
+        "{} conn/s ({} connections, {} errors, {:.1} s); machine CPU per connection {:.0} us, \
+         {:.0} us of it in the kernel, {:.0}% busy",
         rate.per_sec().round(),
         rate.conns,
         rate.errors,
-        rate.elapsed.as_secs_f64()
+        rate.elapsed.as_secs_f64(),
+        rate.cpu_us_per_conn(),
+        rate.kernel_us_per_conn(),
+        rate.busy_share() * 100.0
     )?;
     Ok(())
 }
