@@ -37,8 +37,9 @@ fn write_all(out: &mut String, r: &Report<'_>) -> fmt::Result {
     latency_table(out, r)?;
     rate_table(out, r)?;
     slowloris_table(out, r)?;
-    goals(out, r)?;
-    ratio_line(out, r)
+    let figures = Figures::of(r);
+    goals(out, r, &figures)?;
+    ratio_line(out, r, &figures)
 }
 
 fn latency_table(out: &mut String, r: &Report<'_>) -> fmt::Result {
@@ -249,8 +250,7 @@ fn total_errors(r: &Report<'_>) -> u64 {
     latency + rate + r.slowloris.quiet.errors + r.slowloris.flooded.errors
 }
 
-fn goals(out: &mut String, r: &Report<'_>) -> fmt::Result {
-    let f = Figures::of(r);
+fn goals(out: &mut String, r: &Report<'_>, f: &Figures) -> fmt::Result {
     let pass = [0, 1]
         .map(|i| {
             Verdict::judge(
@@ -393,8 +393,7 @@ fn interval(range: Option<(f64, f64)>) -> String {
     )
 }
 
-fn ratio_line(out: &mut String, r: &Report<'_>) -> fmt::Result {
-    let f = Figures::of(r);
+fn ratio_line(out: &mut String, r: &Report<'_>, f: &Figures) -> fmt::Result {
     let fields = [
         ("passthrough_added_p50_ms", f.pass_added_p50[0]),
         ("passthrough_added_p99_ms", f.pass_added_p99),
