@@ -188,6 +188,8 @@ impl Figures {
         let ratio_p50 = |i, t, base| g(i, t).p50_ms() / g(i, base).p50_ms();
         let rate = |t: usize| r.rates[t].per_sec() / r.rates[DIRECT].per_sec();
         let cpu_added = |t: usize| r.rates[t].cpu_us_per_conn() - r.rates[DIRECT].cpu_us_per_conn();
+        let kernel_added =
+            |t: usize| r.rates[t].kernel_us_per_conn() - r.rates[DIRECT].kernel_us_per_conn();
         Self {
             pass_added_p50: [added_p50(0, PASSTHROUGH), added_p50(1, PASSTHROUGH)],
             nginx_added_p50: [added_p50(0, NGINX), added_p50(1, NGINX)],
@@ -209,8 +211,7 @@ impl Figures {
             rate_term: rate(TERMINATE),
             cpu_direct: r.rates[DIRECT].cpu_us_per_conn(),
             cpu_added: [PASSTHROUGH, NGINX, TOKIO_PROXY].map(cpu_added),
-            kernel_added_pass: r.rates[PASSTHROUGH].kernel_us_per_conn()
-                - r.rates[DIRECT].kernel_us_per_conn(),
+            kernel_added_pass: kernel_added(PASSTHROUGH),
             flooded_p99: r.slowloris.flooded.p99_ms(),
             quiet_p99: r.slowloris.quiet.p99_ms(),
             flood_interval: difference_interval(&r.slowloris.flooded, &r.slowloris.quiet, 0.99),
@@ -259,7 +260,7 @@ fn goals(out: &mut String, r: &Report<'_>, f: &Figures) -> fmt::Result {
             )
         })
         .into_iter()
-        .fold(Verdict::Met, Verdict::worse);
+        .fold(Verdict::Met, Verdict::max);
     let term_ok = f.term_twin_ratio_p50.iter().all(|ratio| *ratio <= 1.05);
     let rate_ok = f.rate_pass >= RATE_GOAL && f.rate_term >= RATE_GOAL;
     let flood_held = r.slowloris.still_open >= r.args.flood;
@@ -343,7 +344,7 @@ fn goals(out: &mut String, r: &Report<'_>, f: &Figures) -> fmt::Result {
     )
 }
 
-/// How a measured figure stands against its goal.
+/// How a measured figure stands against its goal, from best to worst.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Verdict {
     Met,
@@ -370,10 +371,6 @@ impl Verdict {
             (false, Some((low, _))) if low <= 0.0 => Verdict::Level,
             (false, _) => Verdict::Missed,
         }
-    }
-
-    fn worse(self, other: Self) -> Self {
-        self.max(other)
     }
 
     fn label(self) -> &'static str {
@@ -459,7 +456,7 @@ mod tests {
         assert_eq!(Verdict::judge(false, Some((-0.001, 0.02))), Verdict::Level);
         assert_eq!(Verdict::judge(false, Some((0.001, 0.02))), Verdict::Missed);
         assert_eq!(Verdict::judge(false, None), Verdict::Missed);
-        assert_eq!(Verdict::Level.worse(Verdict::Met), Verdict::Level);
-        assert_eq!(Verdict::Missed.worse(Verdict::Level), Verdict::Missed);
+        assert_eq!(Verdict::Level.max(Verdict::Met), Verdict::Level);
+        assert_eq!(Verdict::Missed.max(Verdict::Level), Verdict::Missed);
     }
 }
